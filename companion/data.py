@@ -1,0 +1,141 @@
+"""Seeding and the data sets the chapters use.
+
+Everything here is deterministic given a seed and needs no download: data is either generated
+or loaded from the copies that ship inside scikit-learn (digits, iris, breast cancer).
+Generators used by a single chapter live in that chapter's module; this file holds the shared
+ones.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from companion._validate import check_int, check_positive
+
+__all__ = [
+    "Split",
+    "load_breast_cancer",
+    "load_digits",
+    "logistic_noise",
+    "seed_everything",
+    "split_train_test",
+    "two_gaussians",
+]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's global generators, and return a fresh torch generator.
+
+    Pass the returned generator to the functions that take ``generator=`` to keep a chapter's
+    randomness independent of the order in which its cells run.
+    """
+    check_int(seed, "seed", minimum=0)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global state that libraries use)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def logistic_noise(n: int, generator: torch.Generator | None = None) -> Tensor:
+    r"""Draw ``n`` samples of the standard logistic distribution, in float64.
+
+    Uses inversion: if :math:`u \sim U(0, 1)` then :math:`\log u - \log(1 - u)` is logistic,
+    whose cumulative distribution function is the sigmoid.
+    """
+    check_int(n, "n", minimum=1)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    u = u.clamp(torch.finfo(torch.float64).tiny, 1 - torch.finfo(torch.float64).eps)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def two_gaussians(
+    n_per_class: int,
+    distance: float = 2.0,
+    std: float = 1.0,
+    dim: int = 2,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Two isotropic Gaussian classes whose means lie ``distance`` apart along the first axis.
+
+    Returns:
+        ``(x, y)``: ``x`` of shape ``(2 * n_per_class, dim)`` in float64 and ``y`` of shape
+        ``(2 * n_per_class,)`` holding 0 or 1 (float64, ready for binary losses), shuffled.
+    """
+    check_int(n_per_class, "n_per_class", minimum=1)
+    check_int(dim, "dim", minimum=1)
+    check_positive(std, "std")
+    check_positive(distance, "distance", allow_zero=True)
+    mean = torch.zeros(dim, dtype=torch.float64)
+    mean[0] = distance / 2
+    x0 = torch.randn(n_per_class, dim, generator=generator, dtype=torch.float64) * std - mean
+    x1 = torch.randn(n_per_class, dim, generator=generator, dtype=torch.float64) * std + mean
+    x = torch.cat([x0, x1])
+    y = torch.cat([torch.zeros(n_per_class), torch.ones(n_per_class)]).to(torch.float64)
+    order = torch.randperm(2 * n_per_class, generator=generator)
+    return x[order], y[order]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split of features and targets, as tensors."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def split_train_test(
+    x: Tensor, y: Tensor, test_fraction: float = 0.25, *, seed: int = 0, standardize: bool = True
+) -> Split:
+    """Shuffle and split ``(x, y)``; optionally standardise ``x`` with the training statistics.
+
+    Standardisation uses the mean and standard deviation of the training part only (features
+    with zero spread are left unscaled), so nothing leaks from the test part.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n = x.shape[0]
+    n_test = max(1, round(n * test_fraction))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test, train = order[:n_test], order[n_test:]
+    x_train, x_test = x[train], x[test]
+    if standardize:
+        mean = x_train.mean(0)
+        std = x_train.std(0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    return Split(x_train, y[train], x_test, y[test])
+
+
+def load_digits(test_fraction: float = 0.25, *, seed: int = 0, standardize: bool = True) -> Split:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as a float32/long split.
+
+    Pixels are scaled from 0..16 to 0..1 before optional standardisation.
+    """
+    from sklearn.datasets import load_digits as _load
+
+    data = _load()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    return split_train_test(x, y, test_fraction, seed=seed, standardize=standardize)
+
+
+def load_breast_cancer(
+    test_fraction: float = 0.25, *, seed: int = 0, standardize: bool = True
+) -> Split:
+    """scikit-learn's bundled breast-cancer data (569 samples, 30 features) as a float64 split.
+
+    Targets are float64 zeros and ones (1 = benign, as scikit-learn encodes it).
+    """
+    from sklearn.datasets import load_breast_cancer as _load
+
+    data = _load()
+    x = torch.tensor(data.data, dtype=torch.float64)
+    y = torch.tensor(data.target, dtype=torch.float64)
+    return split_train_test(x, y, test_fraction, seed=seed, standardize=standardize)

@@ -1,0 +1,80 @@
+"""The shared input checks: each bad input gets a TypeError/ValueError naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from companion import _validate as v
+
+
+def test_check_tensor_rejects_non_tensors_and_integers() -> None:
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
+        v.check_tensor([1.0], "x")
+    with pytest.raises(TypeError, match=r"x must be a floating-point tensor .* torch.int64"):
+        v.check_tensor(torch.tensor([1, 2]), "x")
+
+
+def test_check_tensor_ndim_empty_nan() -> None:
+    with pytest.raises(ValueError, match=r"logits must have 2 dimension\(s\), got 1 .*\(3,\)"):
+        v.check_tensor(torch.zeros(3), "logits", ndim=2)
+    with pytest.raises(ValueError, match=r"logits must not be empty"):
+        v.check_tensor(torch.zeros(0, 3), "logits")
+    with pytest.raises(ValueError, match=r"logits contains NaN"):
+        v.check_tensor(torch.tensor([0.0, float("nan")]), "logits")
+    x = torch.tensor([float("inf")])
+    assert v.check_tensor(x, "x") is x
+    with pytest.raises(ValueError, match="x must be finite"):
+        v.check_finite(x, "x")
+
+
+def test_batch_and_shape_checks() -> None:
+    with pytest.raises(ValueError, match=r"logits and target must have the same batch size"):
+        v.check_batch_size(torch.zeros(4, 3), "logits", torch.zeros(5), "target")
+    with pytest.raises(ValueError, match=r"target must have the same shape as logits \(4, 3\)"):
+        v.check_same_shape(torch.zeros(4, 3), "logits", torch.zeros(4, 2), "target")
+    with pytest.raises(TypeError, match=r"weight must have the same dtype as logits"):
+        v.check_same_dtype_device(
+            torch.zeros(2), "logits", torch.zeros(2, dtype=torch.float64), "weight"
+        )
+
+
+def test_class_index_checks() -> None:
+    with pytest.raises(TypeError, match=r"target must hold integer class indices .*float32"):
+        v.check_class_index(torch.tensor([0.0, 1.0]), "target", 3)
+    with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 2\] .* got 3"):
+        v.check_class_index(torch.tensor([0, 3]), "target", 3)
+    with pytest.raises(ValueError, match=r"got -1"):
+        v.check_class_index(torch.tensor([-1, 0]), "target", 3)
+    with pytest.raises(ValueError, match=r"target must have shape \(2,\), got \(3,\)"):
+        v.check_class_index(torch.tensor([0, 1, 2]), "target", 3, batch_shape=(2,))
+
+
+def test_probability_and_scalar_checks() -> None:
+    with pytest.raises(ValueError, match=r"target must hold probabilities in \[0.0, 1.0\]"):
+        v.check_probabilities(torch.tensor([[1.5, -0.5]]), "target")
+    with pytest.raises(ValueError, match=r"sum to 1 along dim -1"):
+        v.check_probabilities(torch.tensor([[0.2, 0.2]]), "target")
+    with pytest.raises(ValueError, match=r"margin must be a finite positive number, got 0.0"):
+        v.check_positive(0, "margin")
+    with pytest.raises(ValueError, match=r"finite non-negative"):
+        v.check_positive(float("nan"), "margin", allow_zero=True)
+    with pytest.raises(TypeError, match=r"num_samples must be an int, got bool"):
+        v.check_int(True, "num_samples")
+    with pytest.raises(ValueError, match=r"num_samples must be at least 1, got 0"):
+        v.check_int(0, "num_samples", minimum=1)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_reduce_loss_matches_torch_weighted_mean(reduction: str) -> None:
+    loss = torch.tensor([1.0, 2.0, 4.0])
+    w = torch.tensor([1.0, 0.0, 3.0])
+    want = {"none": loss * w, "sum": (loss * w).sum(), "mean": (loss * w).sum() / w.sum()}
+    torch.testing.assert_close(v.reduce_loss(loss, reduction, w), want[reduction])
+    plain = {"none": loss, "sum": loss.sum(), "mean": loss.mean()}
+    torch.testing.assert_close(v.reduce_loss(loss, reduction), plain[reduction])
+
+
+def test_reduce_loss_rejects_unknown_reduction() -> None:
+    with pytest.raises(ValueError, match=r"reduction must be one of .* got 'avg'"):
+        v.reduce_loss(torch.zeros(2), "avg")
