@@ -56,6 +56,7 @@ def site() -> Iterator[str]:
     """Serve _build/html on a free loopback port for the duration of the module."""
     if not (HTML / "index.html").exists():
         pytest.fail("_build/html/index.html is missing: run `make book` first")
+
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(HTML), **kwargs)
