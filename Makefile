@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 BUILD  := _build
 NBDIR  := $(BUILD)/notebooks
 # Chapters are the MyST notebooks under book/ (pages with a jupytext header).
-CHAPTERS = $(shell grep -l '^  format_name: myst' book/*.md)
+CHAPTERS = $(shell grep -l '^ *format_name: myst' book/*.md)
 JOBS   ?= 2
 
 export PYTHONHASHSEED := 0
