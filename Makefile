@@ -12,7 +12,6 @@ CHAPTERS = $(shell grep -l '^ *format_name: myst' book/*.md)
 JOBS   ?= 2
 
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: all setup book page test lint typecheck unit notebooks nbval site-test bench clean

@@ -79,8 +79,8 @@ def log_sigmoid(x: Tensor) -> Tensor:
     r"""The log-sigmoid :math:`\log \sigma(x) = -\operatorname{softplus}(-x)`.
 
     Its derivative is :math:`1 - \sigma(x) = \sigma(-x)`. Evaluating ``log(sigmoid(x))``
-    instead returns ``-inf`` once :math:`\sigma(x)` underflows (about :math:`x < -104` in
-    float32), and its gradient becomes NaN.
+    instead returns ``-inf`` once :math:`\sigma(x)` underflows to 0 (below about
+    :math:`x = -88` for ``torch.sigmoid`` in float32), and its gradient becomes NaN.
 
     Args:
         x: floating tensor of any shape.

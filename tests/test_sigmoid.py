@@ -85,6 +85,8 @@ def test_log_sigmoid_where_the_naive_form_breaks() -> None:
     x = torch.tensor([-120.0], requires_grad=True)
     naive = torch.log(torch.sigmoid(x))
     assert torch.isinf(naive).all()  # the failure the chapter shows
+    (naive_grad,) = torch.autograd.grad(naive.sum(), x)
+    assert torch.isnan(naive_grad).all()  # and the NaN gradient the docstring promises
     stable = S.log_sigmoid(x)
     (grad,) = torch.autograd.grad(stable.sum(), x)
     torch.testing.assert_close(stable, torch.tensor([-120.0]))
