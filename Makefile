@@ -26,9 +26,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The site: every chapter is executed (execute_notebooks: force); any warning or cell error fails.
+# The site: every chapter is re-read (--all, so a change in companion/ alone re-runs them all)
+# and executed (execute_notebooks: force); any warning or cell error fails the build.
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
 # A quick look at one chapter while writing it: the whole site is built into
 # _build/pages/NAME, but only PAGE and the errata are executed.  make page PAGE=book/nce.md
@@ -41,7 +42,7 @@ page: $(STAMP)
 	  c["execute"]["exclude_patterns"] = sorted(p for p in glob.glob("book/*.md") if p not in keep); \
 	  yaml.safe_dump(c, open(sys.argv[2], "w"))' $(PAGE) $(BUILD)/pages/$(notdir $(PAGE:.md=))-config.yml
 	$(BIN)/jupyter-book build . --config $(BUILD)/pages/$(notdir $(PAGE:.md=))-config.yml \
-	  --path-output $(BUILD)/pages/$(notdir $(PAGE:.md=)) --warningiserror --keep-going
+	  --path-output $(BUILD)/pages/$(notdir $(PAGE:.md=)) --all --warningiserror --keep-going
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
