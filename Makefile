@@ -32,15 +32,13 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
 # A quick look at one chapter while writing it: the whole site is built into
-# _build/pages/NAME, but only PAGE and the errata are executed.  make page PAGE=book/nce.md
+# _build/pages/NAME, but only PAGE and the errata are executed, so glue references into the
+# other (unexecuted) chapters are not reported. `make book` checks everything.
+#   make page PAGE=book/nce.md
 page: $(STAMP)
 	@test -n "$(PAGE)" || { echo "usage: make page PAGE=book/<chapter>.md"; exit 2; }
 	@mkdir -p $(BUILD)/pages
-	$(BIN)/python -c 'import glob, sys, yaml; \
-	  c = yaml.safe_load(open("_config.yml")); \
-	  keep = {sys.argv[1], "book/errata.md"}; \
-	  c["execute"]["exclude_patterns"] = sorted(p for p in glob.glob("book/*.md") if p not in keep); \
-	  yaml.safe_dump(c, open(sys.argv[2], "w"))' $(PAGE) $(BUILD)/pages/$(notdir $(PAGE:.md=))-config.yml
+	$(BIN)/python tools/page_config.py $(PAGE) > $(BUILD)/pages/$(notdir $(PAGE:.md=))-config.yml
 	$(BIN)/jupyter-book build . --config $(BUILD)/pages/$(notdir $(PAGE:.md=))-config.yml \
 	  --path-output $(BUILD)/pages/$(notdir $(PAGE:.md=)) --all --warningiserror --keep-going
 
