@@ -12,6 +12,9 @@ CHAPTERS = $(shell grep -l '^ *format_name: myst' book/*.md)
 JOBS   ?= 2
 
 export PYTHONHASHSEED := 0
+# Chapters and tests run tiny tensors, two processes at a time on a 2-core machine: one thread
+# each avoids oversubscription, which slows such work several-fold. Benchmarks keep the default.
+unit nbval book page site-test: export OMP_NUM_THREADS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: all setup book page test lint typecheck unit notebooks nbval site-test bench clean
