@@ -1,0 +1,222 @@
+"""Sampled softmax and NCE vs the full softmax: one training step of a 1M-class output layer.
+
+The step is forward plus backward through the output layer only: a batch of 1,024 hidden
+vectors of dimension 128 against a layer of 1,000,000 classes (``weight`` (C, 128) and ``bias``
+(C,)), float32, on the CPU, with gradients for the input, the weight and the bias. Methods:
+
+* **full softmax**: ``F.cross_entropy(F.linear(x, W, b), y)``, torch's fused cross-entropy over
+  the whole (1024, 1,000,000) logit matrix, the reference (4 GB of logits, plus their gradient);
+* **sampled softmax** and **NCE** from ``companion.nce`` with 1,024 negatives shared by the
+  batch, drawn from the log-uniform (Zipf) sampler, each with
+
+  - a *dense* weight gradient: autograd scatters the 2,048 used rows into a zero (C, 128)
+    tensor, 512 MB that must be allocated and zeroed every step, exactly the gradient the full
+    softmax produces too (the like-for-like comparison);
+  - a *sparse* weight gradient (``sparse=True``): only the 2,048 rows, for optimisers that take
+    sparse gradients (``torch.optim.SGD``, ``SparseAdam``, ``Adagrad``);
+
+* **floor**: gathering the 2,048 rows (sparse gradient) and the one (1024, 128) x (128, 2048)
+  product with its backward: the cheapest computation any sampled loss with these sizes must do.
+
+Each method runs in a fresh subprocess, so that its memory can be read from the operating
+system (``tracemalloc`` does not see torch's allocations): just before the first step the
+script records the resident set size (the layer, the batch and the interpreter) and resets the
+kernel's peak-RSS counter (``/proc/self/clear_refs``); after the steps, the peak resident set
+size (``VmHWM``) is the *peak memory* and the peak minus the starting size is the *step memory*
+one step needs. Times are the median of several steps after one warm-up step. Workers run with
+``THP_MEM_ALLOC_ENABLE=1``, which makes torch's CPU allocator ask for transparent huge pages for
+large tensors: without it the page faults of freshly allocated buffers dominate both the full
+softmax (4 GB of logits per step) and the dense weight gradient (512 MB per step). The full
+softmax needs about 13 GB; the script checks the available memory first and refuses to run it
+if too little is free. Run::
+
+    .venv/bin/python benchmarks/nce.py           # full size (several minutes), writes the table
+    .venv/bin/python benchmarks/nce.py --quick   # small and fast, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).parent / "results" / "nce.md"
+
+METHODS: dict[str, tuple[str, str]] = {
+    # key: (label, weight gradient)
+    "full": ("full softmax, `F.cross_entropy` (reference)", "dense"),
+    "sampled_dense": ("sampled softmax, `companion.nce.sampled_softmax_loss`", "dense"),
+    "nce_dense": ("NCE, `companion.nce.nce_loss`", "dense"),
+    "sampled_sparse": ("sampled softmax, `sparse=True`", "sparse"),
+    "nce_sparse": ("NCE, `sparse=True`", "sparse"),
+    "floor": ("floor: gather rows + one product, forward and backward", "sparse"),
+}
+
+
+def rss_now_mib() -> float:
+    """The current resident set size, from /proc (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib() -> float:
+    """The peak resident set size of this process (since the last reset), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024**2
+    return float("inf")
+
+
+def worker(method: str, c: int, d: int, b: int, s: int, runs: int) -> dict[str, float]:
+    """Time ``runs`` steps of one method after one warm-up step; report time and memory."""
+    from companion import nce
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(c, d, generator=gen).mul_(d**-0.5).requires_grad_(True)
+    bias = torch.zeros(c, requires_grad=True)
+    x = torch.randn(b, d, generator=gen, requires_grad=True)
+    target = nce.LogUniformSampler(c).sample(b, generator=gen)  # Zipfian targets
+    sampler = nce.LogUniformSampler(c)
+    neg_gen = torch.Generator().manual_seed(1)
+
+    def full() -> torch.Tensor:
+        return F.cross_entropy(F.linear(x, weight, bias), target)
+
+    def sampled(loss_fn: Callable[..., torch.Tensor], sparse: bool) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            return loss_fn(x, weight, bias, target, sampler, s, sparse=sparse, generator=neg_gen)
+
+        return run
+
+    def floor() -> torch.Tensor:
+        ids = torch.cat([target, sampler.sample(s, generator=neg_gen)])
+        rows = F.embedding(ids, weight, sparse=True)
+        return (x @ rows.T).sum()
+
+    steps: dict[str, Callable[[], torch.Tensor]] = {
+        "full": full,
+        "sampled_dense": sampled(nce.sampled_softmax_loss, False),
+        "nce_dense": sampled(nce.nce_loss, False),
+        "sampled_sparse": sampled(nce.sampled_softmax_loss, True),
+        "nce_sparse": sampled(nce.nce_loss, True),
+        "floor": floor,
+    }
+    step = steps[method]
+    rss_before = rss_now_mib()
+    reset_peak_rss()  # so that the peak below is the steps' peak, not the set-up's
+    times = []
+    for i in range(runs + 1):
+        weight.grad = bias.grad = x.grad = None  # as optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss = step()
+        loss.backward()
+        elapsed = time.perf_counter() - start
+        assert torch.isfinite(loss.detach()), method
+        if i > 0:  # the first step is the warm-up
+            times.append(1000 * elapsed)
+    return {
+        "ms": statistics.median(times),
+        "peak_mib": peak_rss_mib(),
+        "extra_mib": peak_rss_mib() - rss_before,
+        "runs": runs,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few runs, no file")
+    parser.add_argument("--worker", choices=list(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        c, d, b, s, runs = args.sizes
+        print(json.dumps(worker(args.worker, c, d, b, s, runs)))
+        return
+
+    c, d, b, s = (50_000, 64, 256, 256) if args.quick else (1_000_000, 128, 1024, 1024)
+    runs = {"full": 2 if args.quick else 3}
+    default_runs = 3 if args.quick else 10
+    full_need_gib = 3 * b * c * 4 / 2**30 + 3 * c * d * 4 / 2**30 + 1.0
+    results: dict[str, dict[str, float]] = {}
+    for method in METHODS:
+        if method == "full" and available_gib() < full_need_gib:
+            print(
+                f"not running the full softmax: it needs about {full_need_gib:.0f} GiB and only "
+                f"{available_gib():.1f} GiB are available",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+        n = runs.get(method, default_runs)
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", method, "--sizes", *map(str, (c, d, b, s, n))],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "THP_MEM_ALLOC_ENABLE": "1"},
+        )
+        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{method}: {results[method]}", file=sys.stderr)
+
+    full_ms = results["full"]["ms"]
+    threads = int(results["full"]["threads"])
+    lines = [
+        f"One step (forward + backward through the output layer, gradients for input, weight and "
+        f"bias) with {c:,} classes, dimension {d}, batch {b:,}, {s:,} shared negatives from the "
+        f"log-uniform sampler, float32, CPU ({threads} threads), torch {torch.__version__}, "
+        f"{platform.machine()}. Median of {runs['full']} steps (full softmax) or "
+        f"{default_runs} steps (the others) after one warm-up step, each method in a fresh "
+        f"process, with `THP_MEM_ALLOC_ENABLE=1`. *Peak memory*: the process's peak resident set "
+        f"size during the steps; *step memory*: that peak minus the resident size before the "
+        f"first step (layer, batch, interpreter).",
+        "",
+        "| method | weight gradient | time per step (ms) | speed-up over full softmax "
+        "| peak memory (MiB) | step memory (MiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for method, (label, grad) in METHODS.items():
+        r = results[method]
+        lines.append(
+            f"| {label} | {grad} | {r['ms']:.1f} | {full_ms / r['ms']:.0f}x "
+            f"| {r['peak_mib']:,.0f} | {r['extra_mib']:,.0f} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(table)
+        print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

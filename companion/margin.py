@@ -1,0 +1,813 @@
+r"""Margin softmax heads: L-Softmax, A-Softmax (SphereFace), AM-Softmax (CosFace) and ArcFace.
+
+A softmax classifier scores class :math:`j` with :math:`W_j^\top x = \|W_j\|\,\|x\|\cos\theta_j`.
+The heads here make the *target* class harder to win during training by replacing its score
+with a smaller one that depends on the angle :math:`\theta_y` between the feature and the
+target's class weight, so that the network must pull features closer to their class than
+plain softmax would require:
+
+* L-Softmax: target logit :math:`\|W_y\|\|x\|\,\psi_m(\theta_y)`
+  (Liu et al., 2016);
+* A-Softmax / SphereFace: :math:`\|x\|\,\psi_m(\theta_y)` with unit class weights
+  (Liu et al., 2017);
+* AM-Softmax / CosFace: all logits :math:`s\cos\theta_j`, the target one
+  :math:`s(\cos\theta_y - m)` (Wang et al., 2018);
+* ArcFace: all logits :math:`s\cos\theta_j`, the target one :math:`s\cos(\theta_y + m)`
+  (Deng et al., 2019);
+
+where :math:`\psi_m(\theta) = (-1)^k\cos(m\theta) - 2k` on
+:math:`[k\pi/m, (k+1)\pi/m]`, :math:`k = 0, \dots, \lceil m \rceil - 1`, is the monotone
+extension of :math:`\cos(m\theta)` (:func:`multiplicative_angular_margin`).
+
+Implementation notes (these are what make the heads usable in real training):
+
+* The margin touches only the target column: the ``B`` target logits are gathered, changed and
+  written back; no transcendental function of the ``B x C`` logit matrix is ever formed, so a
+  head costs one matrix product and one cross-entropy, like plain softmax.
+* No ``acos``. For an integer :math:`m`, :math:`\cos(m\theta) = T_m(\cos\theta)` (the Chebyshev
+  polynomial) and :math:`k` is found by comparing :math:`\cos\theta` with
+  :math:`\cos(j\pi/m)`. ArcFace uses :math:`\cos(\theta + m) = \cos\theta\cos m -
+  \sin\theta\sin m` with :math:`\sin\theta = \sqrt{1 - \cos^2\theta}`, whose derivative is
+  replaced by 0 where :math:`\sin\theta = 0` exactly, so gradients stay finite at
+  :math:`\cos\theta = \pm 1`. A non-integer :math:`m` needs the angle itself, taken as
+  ``atan2(sin, cos)`` with the same guard.
+* The per-sample margin arithmetic runs in at least float32 (bfloat16 and float16 inputs are
+  promoted for those ``B`` values and for the cross-entropy), and the result has the input's
+  dtype, on the input's device.
+
+At inference, use the plain logits (each module's :meth:`logits`): the margin is a training
+device only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from companion._validate import (
+    Reduction,
+    check_batch_size,
+    check_class_index,
+    check_finite,
+    check_int,
+    check_reduction,
+    check_same_dtype_device,
+    check_shape,
+    check_tensor,
+)
+
+__all__ = [
+    "LSOFTMAX_SCHEDULE",
+    "SPHEREFACE_SCHEDULE",
+    "AMSoftmaxLoss",
+    "ASoftmaxLoss",
+    "ArcFaceLoss",
+    "CosineMarginHead",
+    "LSoftmaxLoss",
+    "LambdaSchedule",
+    "MarginHead",
+    "ScheduledMarginHead",
+    "additive_angular_margin",
+    "additive_angular_margin_loss",
+    "additive_margin_softmax_loss",
+    "angular_softmax_loss",
+    "large_margin_softmax_loss",
+    "multiplicative_angular_margin",
+]
+
+#: How far outside [-1, 1] a cosine handed to a public function may lie (rounding in low
+#: precision) before it is rejected as "not a cosine"; values inside are clamped to [-1, 1].
+COSINE_TOLERANCE = 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks specific to margins
+# --------------------------------------------------------------------------------------------
+
+
+def _check_real(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _check_multiplicative_margin(margin: object) -> float:
+    m = _check_real(margin, "margin")
+    if m < 1:
+        raise ValueError(f"margin must be at least 1 (1 is plain softmax), got {m}")
+    return m
+
+
+def _check_additive_angular_margin(margin: object) -> float:
+    m = _check_real(margin, "margin")
+    if not 0 <= m < math.pi:
+        raise ValueError(f"margin must be an angle in radians in [0, pi), got {m}")
+    return m
+
+
+def _check_non_negative(value: object, name: str) -> float:
+    v = _check_real(value, name)
+    if v < 0:
+        raise ValueError(f"{name} must be non-negative, got {v}")
+    return v
+
+
+def _check_scale(scale: object) -> float:
+    s = _check_real(scale, "scale")
+    if s <= 0:
+        raise ValueError(f"scale must be positive, got {s}")
+    return s
+
+
+def _check_cosine(cosine: object, name: str, *, ndim: int | None = None) -> Tensor:
+    x = check_tensor(cosine, name, ndim=ndim, allow_empty=ndim is None)
+    if x.numel():
+        lo, hi = torch.aminmax(x.detach())
+        if float(lo) < -1 - COSINE_TOLERANCE or float(hi) > 1 + COSINE_TOLERANCE:
+            raise ValueError(
+                f"{name} must hold cosines in [-1, 1], got min {float(lo):.6g} and max "
+                f"{float(hi):.6g}; pass normalised features and weights (or use the module)"
+            )
+    return x
+
+
+def _check_class_target(target: object, logits: Tensor) -> Tensor:
+    return check_class_index(target, "target", logits.shape[1], batch_shape=(logits.shape[0],))
+
+
+# --------------------------------------------------------------------------------------------
+# elementwise pieces
+# --------------------------------------------------------------------------------------------
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the per-sample margin arithmetic runs in: at least float32."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _sine_from_cosine(c: Tensor) -> Tensor:
+    r""":math:`\sin\theta = \sqrt{(1 - c)(1 + c)}` for :math:`c = \cos\theta \in [-1, 1]`.
+
+    The true derivative :math:`-c/\sin\theta` is infinite where :math:`\sin\theta = 0`; there the
+    square root is bypassed (the double-``where`` trick), so the derivative used is 0 and never
+    NaN. Everywhere else the value and derivative are exact.
+    """
+    u = (1 - c) * (1 + c)
+    positive = u > 0
+    safe = torch.where(positive, u, torch.ones_like(u))
+    return torch.where(positive, torch.sqrt(safe), torch.zeros_like(u))
+
+
+def _chebyshev(c: Tensor, m: int) -> Tensor:
+    r""":math:`T_m(c)`, so that :math:`T_m(\cos\theta) = \cos(m\theta)` (by the recurrence)."""
+    previous, current = torch.ones_like(c), c
+    if m == 0:
+        return previous
+    for _ in range(m - 1):
+        previous, current = current, 2 * c * current - previous
+    return current
+
+
+def _psi(c: Tensor, m: float) -> Tensor:
+    """ψ_m(θ) from c = cos θ already clamped to [-1, 1] (no checks)."""
+    if float(m).is_integer():
+        mi = int(m)
+        # k = number of knots cos(j pi / m), j = 1..m-1, that lie above c
+        k = torch.zeros_like(c)
+        for j in range(1, mi):
+            k = k + (c < math.cos(j * math.pi / mi)).to(c.dtype)
+        sign = 1 - 2 * torch.remainder(k, 2)
+        return sign * _chebyshev(c, mi) - 2 * k
+    theta = torch.atan2(_sine_from_cosine(c), c)
+    k = torch.floor(theta * (m / math.pi)).clamp(0, math.ceil(m) - 1).detach()
+    sign = 1 - 2 * torch.remainder(k, 2)
+    return sign * torch.cos(m * theta) - 2 * k
+
+
+def _arc(c: Tensor, m: float) -> Tensor:
+    """cos(θ + m) for θ + m ≤ π, else cos θ − m sin m (no checks; c clamped)."""
+    cos_m, sin_m = math.cos(m), math.sin(m)
+    shifted = c * cos_m - _sine_from_cosine(c) * sin_m
+    return torch.where(c >= -cos_m, shifted, c - m * sin_m)
+
+
+def multiplicative_angular_margin(cosine: Tensor, margin: float = 4) -> Tensor:
+    r"""The L-Softmax / A-Softmax target function :math:`\psi_m(\theta)`, from :math:`\cos\theta`.
+
+    .. math::
+
+        \psi_m(\theta) = (-1)^k \cos(m\theta) - 2k, \qquad
+        \theta \in \Bigl[\frac{k\pi}{m}, \frac{(k+1)\pi}{m}\Bigr],\;
+        k \in \{0, \dots, \lceil m \rceil - 1\}.
+
+    It equals :math:`\cos(m\theta)` on :math:`[0, \pi/m]` and continues it so that it is
+    continuous and strictly decreasing on :math:`[0, \pi]`, from 1 down to
+    :math:`\psi_m(\pi)` (:math:`1 - 2m` for an integer :math:`m`). For an integer margin it is
+    a piecewise polynomial of :math:`\cos\theta` (no ``acos``), with finite derivative at
+    :math:`\pm 1`; for a non-integer margin the angle is computed with ``atan2`` and the
+    derivative with respect to :math:`\cos\theta` diverges as :math:`\theta \to \pi` (it is
+    replaced by 0 at :math:`\cos\theta = -1` exactly).
+
+    Args:
+        cosine: floating tensor of any shape, values in :math:`[-1, 1]` (rounding up to
+            ``COSINE_TOLERANCE`` outside is clamped).
+        margin: :math:`m \ge 1`; 1 gives :math:`\cos\theta` back.
+
+    Returns:
+        :math:`\psi_m(\theta)`, same shape, dtype and device as ``cosine``.
+
+    Reference: Liu et al., *Large-Margin Softmax Loss for Convolutional Neural Networks*, 2016.
+    """
+    c = _check_cosine(cosine, "cosine")
+    m = _check_multiplicative_margin(margin)
+    work = _work_dtype(c.dtype)
+    return _psi(c.to(work).clamp(-1, 1), m).to(c.dtype)
+
+
+def additive_angular_margin(cosine: Tensor, margin: float = 0.5) -> Tensor:
+    r"""The ArcFace target function: :math:`\cos(\theta + m)`, kept decreasing past :math:`\pi`.
+
+    .. math::
+
+        \phi(\theta) = \begin{cases}
+            \cos(\theta + m) & \theta \le \pi - m \quad (\cos\theta \ge -\cos m)\\
+            \cos\theta - m \sin m & \text{otherwise,}
+        \end{cases}
+
+    the rule of the ArcFace reference implementation (and pytorch-metric-learning). Without the
+    second branch, :math:`\cos(\theta + m)` would *increase* for :math:`\theta > \pi - m`, and
+    the loss would reward pushing a sample further from its class. The switch is decreasing but
+    not continuous: it drops by :math:`\cos m + m\sin m - 1` (about 0.12 for :math:`m = 0.5`).
+    Computed as :math:`\cos\theta\cos m - \sin\theta\sin m` (no ``acos``), with a finite
+    derivative at :math:`\cos\theta = \pm 1`.
+
+    Args:
+        cosine: floating tensor of any shape, values in :math:`[-1, 1]`.
+        margin: :math:`m` in radians, in :math:`[0, \pi)`.
+
+    Reference: Deng et al., *ArcFace: Additive Angular Margin Loss for Deep Face Recognition*,
+    2019.
+    """
+    c = _check_cosine(cosine, "cosine")
+    m = _check_additive_angular_margin(margin)
+    work = _work_dtype(c.dtype)
+    return _arc(c.to(work).clamp(-1, 1), m).to(c.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# functional losses
+# --------------------------------------------------------------------------------------------
+
+
+def _cross_entropy(logits: Tensor, target: Tensor, reduction: str) -> Tensor:
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        return F.cross_entropy(logits.float(), target, reduction=reduction).to(logits.dtype)
+    return F.cross_entropy(logits, target, reduction=reduction)
+
+
+def _multiplicative_core(
+    logits: Tensor,
+    target: Tensor,
+    target_norm: Tensor,
+    margin: float,
+    lambda_: float,
+    reduction: str,
+    *,
+    inplace: bool,
+) -> Tensor:
+    """Replace each target logit n c by n (ψ(c) + λ c) / (1 + λ), n = target_norm; then CE."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    t = logits[rows, target]
+    work = _work_dtype(t.dtype)
+    n = target_norm.to(work)
+    c = (t.to(work) / n.clamp_min(torch.finfo(work).tiny)).clamp(-1, 1)
+    psi = _psi(c, margin)
+    if lambda_ != 0:
+        psi = (psi + lambda_ * c) / (1 + lambda_)
+    new_t = (n * psi).to(logits.dtype)
+    if inplace:
+        logits = logits.index_put_((rows, target), new_t)
+    else:
+        logits = logits.index_put((rows, target), new_t)
+    return _cross_entropy(logits, target, reduction)
+
+
+def _scaled_core(
+    scaled: Tensor, target: Tensor, scale: float, margin: float, kind: str, reduction: str
+) -> Tensor:
+    """``scaled`` = s cos (a tensor this module owns, modified in place); margin on the target."""
+    rows = torch.arange(scaled.shape[0], device=scaled.device)
+    if kind == "additive":
+        shift = torch.full(
+            (scaled.shape[0],), -scale * margin, dtype=scaled.dtype, device=scaled.device
+        )
+        scaled = scaled.index_put_((rows, target), shift, accumulate=True)
+    else:
+        t = scaled[rows, target]
+        work = _work_dtype(t.dtype)
+        c = (t.to(work) / scale).clamp(-1, 1)
+        new_t = (scale * _arc(c, margin)).to(scaled.dtype)
+        scaled = scaled.index_put_((rows, target), new_t)
+    return _cross_entropy(scaled, target, reduction)
+
+
+def large_margin_softmax_loss(
+    logits: Tensor,
+    target: Tensor,
+    target_norm: Tensor,
+    margin: float = 4,
+    lambda_: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""L-Softmax: cross-entropy with the target logit :math:`\|W_y\|\|x\|\cos\theta_y` replaced.
+
+    With :math:`n_i = \|W_{y_i}\|\,\|x_i\|` and :math:`c_i = \cos\theta_{y_i}`, the target logit
+    becomes
+
+    .. math::
+
+        f_{y_i} = n_i\,\frac{\psi_m(\theta_{y_i}) + \lambda\, c_i}{1 + \lambda},
+
+    and the loss is :math:`-\log\bigl(e^{f_{y_i}} / \sum_j e^{f_j}\bigr)`. :math:`\lambda = 0` is
+    the loss of the paper; a large :math:`\lambda` is plain softmax, which is how training starts
+    (see :class:`LambdaSchedule`).
+
+    Args:
+        logits: ``(B, C)`` plain logits :math:`W x` (no bias).
+        target: ``(B,)`` class indices.
+        target_norm: ``(B,)`` the products :math:`\|W_{y_i}\|\,\|x_i\|`.
+        margin: :math:`m \ge 1`; an integer uses the Chebyshev polynomial (no ``acos``).
+        lambda_: blend weight :math:`\lambda \ge 0`.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Returns:
+        The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
+
+    Reference: Liu, Wen, Yu and Yang, *Large-Margin Softmax Loss for Convolutional Neural
+    Networks*, ICML 2016.
+    """
+    check_tensor(logits, "logits", ndim=2)
+    check_reduction(reduction)
+    m = _check_multiplicative_margin(margin)
+    lam = _check_non_negative(lambda_, "lambda_")
+    _check_class_target(target, logits)
+    check_tensor(target_norm, "target_norm", ndim=1)
+    check_shape(target_norm, "target_norm", (logits.shape[0],))
+    check_same_dtype_device(logits, "logits", target_norm, "target_norm")
+    if bool((target_norm < 0).any()):
+        raise ValueError("target_norm must be non-negative (it is a product of norms)")
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    t = logits.detach()[rows, target]
+    if bool((t.abs() > target_norm.detach() * (1 + COSINE_TOLERANCE) + 1e-6).any()):
+        raise ValueError(
+            "logits at the target must not exceed target_norm in absolute value (they are "
+            "|W_y| |x| cos(theta)); check that target_norm holds |W_y| |x| for each row"
+        )
+    return _multiplicative_core(logits, target, target_norm, m, lam, reduction, inplace=False)
+
+
+def angular_softmax_loss(
+    cosine: Tensor,
+    target: Tensor,
+    feature_norm: Tensor,
+    margin: float = 4,
+    lambda_: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""A-Softmax (SphereFace): L-Softmax with unit class weights and no bias.
+
+    Logits are :math:`\|x_i\|\cos\theta_{ij}`; the target one becomes
+    :math:`\|x_i\|\,(\psi_m(\theta_{y_i}) + \lambda\cos\theta_{y_i}) / (1 + \lambda)`.
+
+    Args:
+        cosine: ``(B, C)`` cosines between each feature and each (normalised) class weight.
+        target: ``(B,)`` class indices.
+        feature_norm: ``(B,)`` the feature norms :math:`\|x_i\|`.
+        margin, lambda_, reduction: as in :func:`large_margin_softmax_loss`.
+
+    Reference: Liu, Wen, Yu, Li, Raj and Song, *SphereFace: Deep Hypersphere Embedding for Face
+    Recognition*, CVPR 2017.
+    """
+    _check_cosine(cosine, "cosine", ndim=2)
+    check_reduction(reduction)
+    m = _check_multiplicative_margin(margin)
+    lam = _check_non_negative(lambda_, "lambda_")
+    _check_class_target(target, cosine)
+    check_tensor(feature_norm, "feature_norm", ndim=1)
+    check_shape(feature_norm, "feature_norm", (cosine.shape[0],))
+    check_same_dtype_device(cosine, "cosine", feature_norm, "feature_norm")
+    if bool((feature_norm < 0).any()):
+        raise ValueError("feature_norm must be non-negative")
+    logits = cosine * feature_norm[:, None]
+    return _multiplicative_core(logits, target, feature_norm, m, lam, reduction, inplace=True)
+
+
+def additive_margin_softmax_loss(
+    cosine: Tensor,
+    target: Tensor,
+    margin: float = 0.35,
+    scale: float = 30.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""AM-Softmax / CosFace: logits :math:`s\cos\theta_j`; target :math:`s(\cos\theta_y - m)`.
+
+    .. math::
+
+        \ell_i = -\log \frac{e^{s(\cos\theta_{y_i} - m)}}
+            {e^{s(\cos\theta_{y_i} - m)} + \sum_{j \ne y_i} e^{s\cos\theta_j}}.
+
+    Args:
+        cosine: ``(B, C)`` cosines between normalised features and normalised class weights.
+        target: ``(B,)`` class indices.
+        margin: :math:`m \ge 0`, subtracted from the target cosine.
+        scale: :math:`s > 0`. Cosines lie in :math:`[-1, 1]`, so without a large :math:`s` the
+            softmax cannot become confident (the chapter derives the bound).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    References: Wang, Cheng, Liu and Liu, *Additive Margin Softmax for Face Verification*, IEEE
+    Signal Processing Letters 2018; Wang et al., *CosFace*, CVPR 2018.
+    """
+    _check_cosine(cosine, "cosine", ndim=2)
+    check_reduction(reduction)
+    m = _check_non_negative(margin, "margin")
+    s = _check_scale(scale)
+    _check_class_target(target, cosine)
+    return _scaled_core(cosine * s, target, s, m, "additive", reduction)
+
+
+def additive_angular_margin_loss(
+    cosine: Tensor,
+    target: Tensor,
+    margin: float = 0.5,
+    scale: float = 64.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""ArcFace: logits :math:`s\cos\theta_j`, the target one :math:`s\,\phi(\theta_y)`.
+
+    :math:`\phi(\theta) = \cos(\theta + m)` while :math:`\theta + m \le \pi`, and
+    :math:`\cos\theta - m\sin m` beyond (see :func:`additive_angular_margin`).
+
+    Args:
+        cosine: ``(B, C)`` cosines between normalised features and normalised class weights.
+        target: ``(B,)`` class indices.
+        margin: :math:`m` in **radians**, in :math:`[0, \pi)` (pytorch-metric-learning's
+            ``ArcFaceLoss`` takes degrees).
+        scale: :math:`s > 0`.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Reference: Deng, Guo, Xue and Zafeiriou, *ArcFace: Additive Angular Margin Loss for Deep Face
+    Recognition*, CVPR 2019.
+    """
+    _check_cosine(cosine, "cosine", ndim=2)
+    check_reduction(reduction)
+    m = _check_additive_angular_margin(margin)
+    s = _check_scale(scale)
+    _check_class_target(target, cosine)
+    return _scaled_core(cosine * s, target, s, m, "angular", reduction)
+
+
+# --------------------------------------------------------------------------------------------
+# the lambda schedule
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LambdaSchedule:
+    r"""The annealing of the blend weight :math:`\lambda` used by L-Softmax and A-Softmax.
+
+    .. math::
+
+        \lambda_t = \max\bigl(\lambda_{\min},\; \text{base}\,(1 + \gamma t)^{-\text{power}}\bigr),
+
+    the rule of the original Caffe layers, where :math:`t` counts training iterations.
+    Training starts near plain softmax (:math:`\lambda \approx` base) and the margin is phased
+    in as :math:`\lambda` decays. Call it with an iteration number to get :math:`\lambda_t`.
+
+    Two presets: :data:`SPHEREFACE_SCHEDULE` (base 1000, gamma 0.12, power 1, lambda_min 5) and
+    :data:`LSOFTMAX_SCHEDULE` (base 1000, gamma 2.5e-5, power 35, lambda_min 0, from the
+    L-Softmax MNIST model). A constant :math:`\lambda` is ``LambdaSchedule(base=lam, gamma=0)``.
+    (The Caffe layers increment their counter *before* computing :math:`\lambda`, so their first
+    batch uses :math:`t = 1`; here the first batch uses :math:`t = 0`.)
+    """
+
+    base: float = 1000.0
+    gamma: float = 0.12
+    power: float = 1.0
+    lambda_min: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("base", "gamma", "power", "lambda_min"):
+            _check_non_negative(getattr(self, name), name)
+
+    def __call__(self, iteration: int) -> float:
+        """:math:`\\lambda_t` at training iteration ``iteration`` (0 for the first batch)."""
+        t = check_int(iteration, "iteration", minimum=0)
+        decayed: float = self.base * math.pow(1.0 + self.gamma * t, -self.power)
+        return max(self.lambda_min, decayed)
+
+
+#: SphereFace's schedule (``sphereface_model.prototxt``).
+SPHEREFACE_SCHEDULE = LambdaSchedule(base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0)
+#: L-Softmax's schedule for its MNIST model (``mnist_train_test.prototxt``).
+LSOFTMAX_SCHEDULE = LambdaSchedule(base=1000.0, gamma=2.5e-5, power=35.0, lambda_min=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------------------------
+
+
+class MarginHead(nn.Module):
+    """The base of every head: the class weights ``weight`` of shape ``(num_classes, in_features)``
+    (initialised Xavier-uniform), the input checks and the reduction."""
+
+    weight: nn.Parameter
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        reduction: Reduction,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features", minimum=1)
+        self.num_classes = check_int(num_classes, "num_classes", minimum=2)
+        self.reduction = check_reduction(reduction)
+        self.weight = nn.Parameter(
+            torch.empty(num_classes, in_features, device=device, dtype=dtype)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform class weights, as the original Caffe models used."""
+        nn.init.xavier_uniform_(self.weight)
+
+    def _check_features(self, features: object) -> Tensor:
+        x = check_tensor(features, "features", ndim=2)
+        check_finite(x, "features")
+        if x.shape[1] != self.in_features:
+            raise ValueError(
+                f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}"
+            )
+        check_same_dtype_device(self.weight, "weight", x, "features")
+        return x
+
+    def _check_inputs(self, features: object, target: object) -> tuple[Tensor, Tensor]:
+        x = self._check_features(features)
+        if isinstance(target, Tensor) and target.dim() >= 1:
+            check_batch_size(x, "features", target, "target")
+        t = check_class_index(target, "target", self.num_classes, batch_shape=(x.shape[0],))
+        return x, t
+
+    def extra_repr(self) -> str:
+        """The settings shown by ``repr``."""
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"reduction={self.reduction!r}"
+        )
+
+
+class ScheduledMarginHead(MarginHead):
+    r"""The base of :class:`LSoftmaxLoss` and :class:`ASoftmaxLoss`: a multiplicative margin
+    :math:`m` and a blend weight :math:`\lambda` annealed by a :class:`LambdaSchedule`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        margin: float,
+        schedule: LambdaSchedule | None,
+        reduction: Reduction,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__(in_features, num_classes, reduction, device, dtype)
+        self.margin = _check_multiplicative_margin(margin)
+        if schedule is not None and not isinstance(schedule, LambdaSchedule):
+            raise TypeError(
+                f"schedule must be a LambdaSchedule or None, got {type(schedule).__name__}"
+            )
+        self.schedule = schedule
+        self.iteration = 0
+
+    @property
+    def lambda_(self) -> float:
+        """The blend weight used by the next :meth:`forward`: ``schedule(iteration)``, or 0."""
+        return 0.0 if self.schedule is None else self.schedule(self.iteration)
+
+    def step(self) -> float:
+        """Advance the λ schedule by one training iteration; returns the new λ.
+
+        Call it once per optimiser step, like a learning-rate scheduler. The iteration counter
+        is saved in the module's ``state_dict``.
+        """
+        self.iteration += 1
+        return self.lambda_
+
+    def get_extra_state(self) -> Any:
+        """The iteration counter, stored in ``state_dict`` so a resumed run keeps its λ."""
+        return {"iteration": self.iteration}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the iteration counter saved by :meth:`get_extra_state`."""
+        self.iteration = check_int(state["iteration"], "iteration", minimum=0)
+
+    def extra_repr(self) -> str:
+        """The settings shown by ``repr``."""
+        return f"{super().extra_repr()}, margin={self.margin:g}, schedule={self.schedule}"
+
+
+class LSoftmaxLoss(ScheduledMarginHead):
+    r"""L-Softmax head: class weights ``(num_classes, in_features)`` and the L-Softmax loss.
+
+    ``forward(features, target)`` returns :func:`large_margin_softmax_loss` of the logits
+    :math:`W x` with :math:`\lambda` = :attr:`lambda_`; :meth:`logits` returns the plain
+    :math:`W x` used at inference. Call :meth:`step` after each optimiser step to anneal
+    :math:`\lambda` (``schedule=None`` keeps :math:`\lambda = 0`, the pure margin).
+
+    Args:
+        in_features: feature dimension ``D``.
+        num_classes: number of classes ``C``.
+        margin: :math:`m \ge 1` (integer: Chebyshev polynomial, no ``acos``).
+        schedule: the :class:`LambdaSchedule` (default :data:`LSOFTMAX_SCHEDULE`) or None.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Reference: Liu et al., ICML 2016.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        margin: float = 4,
+        schedule: LambdaSchedule | None = LSOFTMAX_SCHEDULE,
+        reduction: Reduction = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, num_classes, margin, schedule, reduction, device, dtype)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Plain logits :math:`W x`, shape ``(B, C)``."""
+        x = self._check_features(features)
+        return x @ self.weight.t()
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        """The L-Softmax loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``."""
+        x, t = self._check_inputs(features, target)
+        logits = x @ self.weight.t()
+        norm = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(self.weight[t], dim=1)
+        return _multiplicative_core(
+            logits, t, norm, self.margin, self.lambda_, self.reduction, inplace=True
+        )
+
+
+class ASoftmaxLoss(ScheduledMarginHead):
+    r"""A-Softmax (SphereFace) head: unit-norm class weights, no bias, multiplicative margin.
+
+    ``forward`` returns :func:`angular_softmax_loss`: logits :math:`\|x\|\cos\theta_j` with
+    the target one :math:`\|x\|(\psi_m(\theta_y) + \lambda\cos\theta_y)/(1 + \lambda)`. The stored
+    ``weight`` may have any norm; it is normalised in every forward pass.
+    :meth:`logits` returns :math:`\|x\|\cos\theta_j` (inference). Call :meth:`step` after each
+    optimiser step.
+
+    Args:
+        in_features, num_classes, reduction: as in :class:`LSoftmaxLoss`.
+        margin: :math:`m \ge 1` (SphereFace uses 4).
+        schedule: default :data:`SPHEREFACE_SCHEDULE` (:math:`\lambda` decays to 5, never 0).
+
+    Reference: Liu et al., CVPR 2017.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        margin: float = 4,
+        schedule: LambdaSchedule | None = SPHEREFACE_SCHEDULE,
+        reduction: Reduction = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, num_classes, margin, schedule, reduction, device, dtype)
+
+    def logits(self, features: Tensor) -> Tensor:
+        r"""Plain logits :math:`\|x\|\cos\theta_j = \hat W_j^\top x`, shape ``(B, C)``."""
+        x = self._check_features(features)
+        return x @ F.normalize(self.weight, dim=1).t()
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        """The A-Softmax loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``."""
+        x, t = self._check_inputs(features, target)
+        logits = x @ F.normalize(self.weight, dim=1).t()
+        norm = torch.linalg.vector_norm(x, dim=1)
+        return _multiplicative_core(
+            logits, t, norm, self.margin, self.lambda_, self.reduction, inplace=True
+        )
+
+
+class CosineMarginHead(MarginHead):
+    r"""The base of :class:`AMSoftmaxLoss` and :class:`ArcFaceLoss`: normalised features and class
+    weights, logits :math:`s\cos\theta_j`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        margin: float,
+        scale: float,
+        reduction: Reduction,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__(in_features, num_classes, reduction, device, dtype)
+        self.scale = _check_scale(scale)
+        self.margin = margin
+
+    def _scaled_cosine(self, x: Tensor) -> Tensor:
+        # the scale is applied to the (B, D) features, not to the (B, C) product
+        return (F.normalize(x, dim=1) * self.scale) @ F.normalize(self.weight, dim=1).t()
+
+    def logits(self, features: Tensor) -> Tensor:
+        r"""Plain logits :math:`s\cos\theta_j`, shape ``(B, C)`` (inference)."""
+        return self._scaled_cosine(self._check_features(features))
+
+    def extra_repr(self) -> str:
+        """The settings shown by ``repr``."""
+        return f"{super().extra_repr()}, margin={self.margin:g}, scale={self.scale:g}"
+
+
+class AMSoftmaxLoss(CosineMarginHead):
+    r"""AM-Softmax / CosFace head: :func:`additive_margin_softmax_loss` with its class weights.
+
+    Args:
+        in_features: feature dimension ``D``.
+        num_classes: number of classes ``C``.
+        margin: :math:`m \ge 0` subtracted from the target cosine (AM-Softmax: 0.35).
+        scale: :math:`s` (AM-Softmax: 30; CosFace used 64).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    References: Wang et al., IEEE SPL 2018; Wang et al., CVPR 2018.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        margin: float = 0.35,
+        scale: float = 30.0,
+        reduction: Reduction = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        m = _check_non_negative(margin, "margin")
+        super().__init__(in_features, num_classes, m, scale, reduction, device, dtype)
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        """The AM-Softmax loss of ``features`` ``(B, D)`` with class indices ``target``."""
+        x, t = self._check_inputs(features, target)
+        scaled = self._scaled_cosine(x)
+        return _scaled_core(scaled, t, self.scale, self.margin, "additive", self.reduction)
+
+
+class ArcFaceLoss(CosineMarginHead):
+    r"""ArcFace head: :func:`additive_angular_margin_loss` with its class weights.
+
+    Args:
+        in_features: feature dimension ``D``.
+        num_classes: number of classes ``C``.
+        margin: :math:`m` in **radians**, in :math:`[0, \pi)` (ArcFace: 0.5).
+        scale: :math:`s` (ArcFace: 64).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Reference: Deng et al., CVPR 2019.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        margin: float = 0.5,
+        scale: float = 64.0,
+        reduction: Reduction = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        m = _check_additive_angular_margin(margin)
+        super().__init__(in_features, num_classes, m, scale, reduction, device, dtype)
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        """The ArcFace loss of ``features`` ``(B, D)`` with class indices ``target``."""
+        x, t = self._check_inputs(features, target)
+        scaled = self._scaled_cosine(x)
+        return _scaled_core(scaled, t, self.scale, self.margin, "angular", self.reduction)

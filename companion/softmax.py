@@ -1,0 +1,407 @@
+r"""Softmax, log-sum-exp and softmax cross-entropy, computed stably, with the analytic gradient.
+
+For a vector of logits :math:`s \in \mathbb{R}^C` the softmax is
+:math:`p_i = e^{s_i} / \sum_j e^{s_j}`, and the cross-entropy of a target distribution
+:math:`q` is :math:`L = -\sum_i q_i \log p_i`. Its gradient with respect to the logits is
+:math:`\partial L / \partial s_i = p_i - q_i` (Bridle, 1990, *Probabilistic interpretation of
+feedforward classification network outputs*).
+
+Numerics: every function subtracts the maximum logit before exponentiating (the log-sum-exp
+trick), so no exponential overflows, and :func:`log_softmax` is computed as
+:math:`(s - m) - \log\sum_j e^{s_j - m}`, never as the logarithm of a softmax. Inputs in
+bfloat16 or float16 are computed in float32 internally (as torch does) and the result is
+returned in the input's dtype.
+
+torch ships all of these (:func:`torch.softmax`, :func:`torch.log_softmax`,
+:func:`torch.logsumexp`, :func:`torch.nn.functional.cross_entropy`); the versions here are the
+readable from-scratch ones the book derives, and the tests prove they agree with torch's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from companion._validate import (
+    check_batch_size,
+    check_class_index,
+    check_finite,
+    check_in_range,
+    check_int,
+    check_probabilities,
+    check_reduction,
+    check_same_dtype_device,
+    check_shape,
+    check_tensor,
+)
+
+__all__ = ["cross_entropy", "cross_entropy_grad", "log_softmax", "logsumexp", "softmax"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision inputs (their sums lose too much), else the input's dtype."""
+    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+def _check_dim(x: object, dim: object, name: str = "x") -> tuple[Tensor, int]:
+    """Validate ``x`` and ``dim`` for a reduction over ``dim``; return the non-negative dim."""
+    x = check_tensor(x, name, allow_empty=True)
+    dim = check_int(dim, "dim")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d tensor")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(
+            f"dim must be in [{-x.dim()}, {x.dim() - 1}] for {name} of shape {tuple(x.shape)}, "
+            f"got {dim}"
+        )
+    dim = dim % x.dim()
+    if x.shape[dim] == 0:
+        raise ValueError(
+            f"{name} must have at least one entry along dim {dim}, got shape {tuple(x.shape)}"
+        )
+    return x, dim
+
+
+def _shift_and_log_norm(x: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Return :math:`m`, :math:`x - m` and :math:`\log \sum_j e^{x_j - m}` along ``dim``.
+
+    :math:`m` is the maximum along ``dim`` (kept as a dimension of size 1), detached from
+    autograd: the result does not depend on it mathematically, and detaching it makes the
+    gradient flow only through the exponentials, which gives exactly the softmax. Rows whose
+    maximum is infinite use :math:`m = 0`, so that ``inf - inf`` never appears.
+    """
+    m = x.detach().amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    shifted = x - m
+    log_norm = torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
+    return m, shifted, log_norm
+
+
+def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    r"""The log-sum-exp :math:`\log \sum_j e^{x_j}` along ``dim``, without overflow.
+
+    Computed as :math:`m + \log \sum_j e^{x_j - m}` with :math:`m = \max_j x_j`: every
+    exponential is of a non-positive number, and the largest one is exactly 1, so the sum is in
+    :math:`[1, C]`. Its gradient is the softmax.
+
+    Args:
+        x: floating tensor with at least one dimension (float32, float64, bfloat16...).
+        dim: the dimension to reduce.
+        keepdim: keep ``dim`` as a dimension of size 1.
+
+    Returns:
+        ``x``'s shape without ``dim`` (or with it of size 1), in ``x``'s dtype and device.
+    """
+    x, d = _check_dim(x, dim)
+    m, _, log_norm = _shift_and_log_norm(x.to(_compute_dtype(x)), d)
+    out = m + log_norm
+    if not keepdim:
+        out = out.squeeze(d)
+    return out.to(x.dtype)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    r"""The log-softmax :math:`\log p_i = x_i - \log \sum_j e^{x_j}` along ``dim``.
+
+    Computed as :math:`(x_i - m) - \log\sum_j e^{x_j - m}`; it stays finite (and accurate) where
+    ``log(softmax(x))`` returns ``-inf`` because a probability underflowed to 0.
+
+    Args:
+        x: floating tensor with at least one dimension.
+        dim: the dimension along which the probabilities sum to one.
+
+    Returns:
+        same shape, dtype and device as ``x``.
+    """
+    x, d = _check_dim(x, dim)
+    _, shifted, log_norm = _shift_and_log_norm(x.to(_compute_dtype(x)), d)
+    return (shifted - log_norm).to(x.dtype)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    r"""The softmax :math:`p_i = e^{x_i} / \sum_j e^{x_j}` along ``dim``.
+
+    Computed as :math:`e^{x_i - m} / \sum_j e^{x_j - m}` with :math:`m = \max_j x_j`, which is
+    the same number (softmax is invariant to adding a constant to every logit) but never
+    overflows. Its Jacobian is :math:`\partial p_i / \partial x_k = p_i(\delta_{ik} - p_k)`.
+
+    Args:
+        x: floating tensor with at least one dimension.
+        dim: the dimension along which the probabilities sum to one.
+
+    Returns:
+        same shape, dtype and device as ``x``; entries in :math:`[0, 1]`, summing to 1 along
+        ``dim``.
+    """
+    x, d = _check_dim(x, dim)
+    _, shifted, _ = _shift_and_log_norm(x.to(_compute_dtype(x)), d)
+    e = torch.exp(shifted)
+    return (e / e.sum(dim=d, keepdim=True)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_label_smoothing(label_smoothing: object) -> float:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, int | float):
+        raise TypeError(f"label_smoothing must be a float, got {type(label_smoothing).__name__}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
+    return eps
+
+
+def _prepare(
+    logits: object, target: object, weight: object, label_smoothing: object
+) -> tuple[Tensor, Tensor, Tensor | None, float, bool, bool]:
+    """Validate the arguments of :func:`cross_entropy` and bring them to the batched form.
+
+    Returns ``(logits, target, weight, label_smoothing, is_index_target, unbatched)`` with
+    ``logits`` of shape (B, C) and ``target`` of shape (B,) (indices) or (B, C) (probabilities).
+    """
+    if isinstance(logits, Tensor) and logits.dim() > 2:
+        c = logits.shape[1]
+        raise ValueError(
+            f"logits must have shape (B, C) or (C,), got {tuple(logits.shape)}; for per-position "
+            f"logits (B, C, d1, ...) move the classes last and flatten: "
+            f"logits.movedim(1, -1).reshape(-1, {c}) and target.reshape(-1)"
+        )
+    logits = check_tensor(logits, "logits", ndim=(1, 2))
+    check_finite(logits, "logits")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    eps = _check_label_smoothing(label_smoothing)
+
+    unbatched = logits.dim() == 1
+    if unbatched:
+        want_probs = tuple(logits.shape)
+        if target.is_floating_point() and target.dim() == 1:
+            target = target[None]
+        elif target.is_floating_point() or target.dim() != 0:
+            raise ValueError(
+                f"target for unbatched logits of shape {want_probs} must be a 0-d class index "
+                f"or a probability vector of shape {want_probs}, got dtype {target.dtype} and "
+                f"shape {tuple(target.shape)}"
+            )
+        else:
+            target = target[None]
+        logits = logits[None]
+
+    num_classes = logits.shape[1]
+    check_batch_size(logits, "logits", target, "target")
+    if target.dim() == 2:
+        # class probabilities: a floating tensor shaped like logits
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"target with class probabilities must have the shape of logits "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        check_tensor(target, "target")
+        check_same_dtype_device(logits, "logits", target, "target")
+        check_finite(target, "target")
+        # each entry is rounded to the target's precision, so allow one machine epsilon of slack
+        tol = max(1e-4, float(torch.finfo(target.dtype).eps))
+        check_probabilities(target, "target", dim=1, atol=tol)
+        is_index = False
+    elif target.dim() == 1:
+        if target.is_floating_point():
+            raise TypeError(
+                f"target must hold integer class indices (torch.long), got dtype {target.dtype} "
+                f"with shape {tuple(target.shape)}; class probabilities must have the shape of "
+                f"logits {tuple(logits.shape)}"
+            )
+        check_class_index(target, "target", num_classes, batch_shape=(logits.shape[0],))
+        if target.device != logits.device:
+            raise ValueError(
+                f"target must be on the same device as logits ({logits.device}), "
+                f"got {target.device}"
+            )
+        is_index = True
+    else:
+        raise ValueError(
+            f"target must have shape ({logits.shape[0]},) (class indices) or "
+            f"{tuple(logits.shape)} (class probabilities), got {tuple(target.shape)}"
+        )
+
+    if weight is not None:
+        weight = check_tensor(weight, "weight", ndim=1)
+        check_shape(weight, "weight", (num_classes,))
+        check_same_dtype_device(logits, "logits", weight, "weight")
+        check_finite(weight, "weight")
+        check_in_range(weight, "weight", 0.0, float("inf"), what="non-negative class weights")
+    return logits, target, weight, eps, is_index, unbatched
+
+
+def _coefficients(
+    target: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    is_index: bool,
+    num_classes: int,
+    like: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    r"""The matrix :math:`a` with :math:`\ell_b = -\sum_c a_{bc} \log p_{bc}`, and the
+    per-sample weights :math:`w_{y_b}` that the weighted mean divides by (index targets with a
+    weight only; ``None`` otherwise).
+
+    Index targets: :math:`a_{bc} = (1-\varepsilon)\,w_{y_b}[c = y_b] + (\varepsilon/C)\,w_c`.
+    Probability targets: :math:`a_{bc} = w_c\,((1-\varepsilon)\,q_{bc} + \varepsilon/C)`.
+    """
+    w = weight.to(like.dtype) if weight is not None else None
+    if is_index:
+        a = torch.zeros_like(like).scatter_(1, target[:, None], 1.0 - eps)
+        sample_weight = w[target] if w is not None else None
+        if sample_weight is not None:
+            a = a * sample_weight[:, None]
+        if eps > 0:
+            a = a + (eps / num_classes) * (w[None, :] if w is not None else 1.0)
+        return a, sample_weight
+    a = target.to(like.dtype)
+    if eps > 0:
+        a = a * (1.0 - eps) + eps / num_classes
+    if w is not None:
+        a = a * w[None, :]
+    return a, None
+
+
+def _denominator(batch: int, sample_weight: Tensor | None) -> Tensor | int:
+    """What ``reduction="mean"`` divides by: the batch size, or the sum of the target weights."""
+    if sample_weight is None:
+        return batch
+    total = sample_weight.sum()
+    if float(total) == 0.0:
+        raise ValueError(
+            "weight is zero for the target class of every sample, so the weighted mean "
+            "(sum of losses / sum of target weights) is 0/0; use reduction='sum' or other weights"
+        )
+    return total
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Softmax cross-entropy between logits and a target, with the semantics of
+    :func:`torch.nn.functional.cross_entropy`.
+
+    With :math:`\log p_{bc}` = ``log_softmax(logits)[b, c]``, the loss of sample :math:`b` is
+
+    * **class indices** :math:`y_b`:
+      :math:`\ell_b = (1-\varepsilon)\, w_{y_b} (-\log p_{b y_b})
+      + \frac{\varepsilon}{C} \sum_c w_c (-\log p_{bc})`;
+    * **class probabilities** :math:`q_{bc}`:
+      :math:`\ell_b = -\sum_c w_c \bigl((1-\varepsilon) q_{bc} + \varepsilon/C\bigr) \log p_{bc}`,
+
+    where :math:`\varepsilon` is ``label_smoothing`` (Szegedy et al., 2016) and :math:`w` the
+    class weights (all ones by default). ``reduction="mean"`` divides the sum of the
+    :math:`\ell_b` by :math:`\sum_b w_{y_b}` for index targets (the weighted mean, which is the
+    plain mean without weights) and by the batch size B for probability targets, exactly as torch
+    does; ``"sum"`` sums; ``"none"`` returns the :math:`\ell_b`.
+
+    Args:
+        logits: (B, C) floating tensor of unnormalised scores, finite; or (C,) for one sample.
+            Per-position logits (B, C, d1, ...) are not supported: move the class dimension
+            last and flatten them to (B * d1 * ..., C).
+        target: (B,) integer class indices in [0, C) (0-d for unbatched logits), or (B, C)
+            class probabilities (same dtype as ``logits``; entries in [0, 1], rows summing to 1).
+            torch's ``ignore_index`` is not supported: drop those rows instead.
+        weight: optional (C,) non-negative class weights, same dtype and device as ``logits``.
+        label_smoothing: :math:`\varepsilon \in [0, 1]`, the weight of the uniform distribution
+            mixed into the target.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Returns:
+        a scalar, or (B,) per-sample losses for ``reduction="none"`` (0-d for unbatched logits),
+        in ``logits``' dtype.
+
+    Raises:
+        TypeError: non-tensors, integer logits, floating class indices, mismatched dtypes.
+        ValueError: wrong shapes, mismatched batch sizes, an empty batch, indices out of range,
+            targets that are not probability vectors, negative weights, non-finite logits, a
+            ``label_smoothing`` outside [0, 1], or a weighted mean whose weights are all zero.
+    """
+    logits, target, weight, eps, is_index, unbatched = _prepare(
+        logits, target, weight, label_smoothing
+    )
+    check_reduction(reduction)
+    batch, num_classes = logits.shape
+    log_p = log_softmax(logits.to(_compute_dtype(logits)), dim=1)
+    w = weight.to(log_p.dtype) if weight is not None else None
+    sample_weight: Tensor | None = None
+    if is_index:
+        # gather the target column rather than multiplying a one-hot matrix: cheaper and exact
+        nll = -log_p.gather(1, target[:, None]).squeeze(1)
+        if w is not None:
+            sample_weight = w[target]
+            nll = nll * sample_weight
+        loss = (1.0 - eps) * nll
+        if eps > 0:
+            smooth = -(log_p * w[None, :]).sum(1) if w is not None else -log_p.sum(1)
+            loss = loss + (eps / num_classes) * smooth
+    else:
+        a, _ = _coefficients(target, w, eps, False, num_classes, log_p)
+        loss = -(a * log_p).sum(1)
+
+    if reduction == "none":
+        out = loss.squeeze(0) if unbatched else loss
+    elif reduction == "sum":
+        out = loss.sum()
+    else:
+        out = loss.sum() / _denominator(batch, sample_weight)
+    return out.to(logits.dtype)
+
+
+def cross_entropy_grad(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""The analytic gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    Writing each sample's loss as :math:`\ell_b = -\sum_c a_{bc} \log p_{bc}` (see
+    :func:`cross_entropy` for the coefficients :math:`a`), the derivative through the softmax
+    Jacobian is
+
+    .. math::
+        \frac{\partial \ell_b}{\partial s_{bk}} = p_{bk} \sum_c a_{bc} - a_{bk},
+
+    which is :math:`p_{bk} - y_{bk}` for a one-hot (or any probability) target without weights
+    or smoothing, and :math:`p_{bk} - \bigl((1-\varepsilon) y_{bk} + \varepsilon / C\bigr)`
+    with label smoothing.
+
+    Which gradient: with the default ``reduction="mean"`` this is the gradient of
+    ``cross_entropy(logits, target)`` itself, the mean over the batch, so each row is
+    :math:`(p_b - y_b) / B` (divided by :math:`\sum_b w_{y_b}` instead of B for weighted index
+    targets). With ``reduction="sum"`` it is the gradient of the sum, each row
+    :math:`p_b - y_b`; ``reduction="none"`` returns the same matrix, read as the per-sample
+    gradients (row b is the gradient of :math:`\ell_b`, which depends on row b only).
+
+    Args:
+        logits, target, weight, label_smoothing, reduction: as for :func:`cross_entropy`.
+
+    Returns:
+        a tensor of ``logits``' shape, dtype and device.
+    """
+    logits_in = logits
+    logits, target, weight, eps, is_index, unbatched = _prepare(
+        logits, target, weight, label_smoothing
+    )
+    check_reduction(reduction)
+    batch, num_classes = logits.shape
+    p = softmax(logits.to(_compute_dtype(logits)), dim=1)
+    a, sample_weight = _coefficients(target, weight, eps, is_index, num_classes, p)
+    grad = p * a.sum(1, keepdim=True) - a
+    if reduction == "mean":
+        grad = grad / _denominator(batch, sample_weight)
+    if unbatched:
+        grad = grad.squeeze(0)
+    return grad.to(logits_in.dtype)

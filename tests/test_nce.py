@@ -1,0 +1,425 @@
+"""companion.nce: samplers, agreement with explicit formulas, exact limits, gradients, bad input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+from companion import nce as N
+from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite
+
+SAMPLED_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "nce": N.nce_loss,
+    "negative_sampling": N.negative_sampling_loss,
+    "sampled_softmax": N.sampled_softmax_loss,
+}
+
+
+def make_layer(
+    batch: int = 6,
+    num_classes: int = 15,
+    dim: int = 4,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(num_classes, dim, generator=gen, dtype=torch.float64).to(dtype)
+    b = torch.randn(num_classes, generator=gen, dtype=torch.float64).to(dtype)
+    t = torch.randint(num_classes, (batch,), generator=gen)
+    return x, w.requires_grad_(), b.requires_grad_(), t
+
+
+def samplers(num_classes: int) -> list[N.CandidateSampler]:
+    counts = torch.arange(1, num_classes + 1, dtype=torch.float64) ** 1.5
+    return [
+        N.UniformSampler(num_classes),
+        N.UnigramSampler(counts, power=0.75),
+        N.LogUniformSampler(num_classes),
+    ]
+
+
+class EveryClassOnce(N.UniformSampler):
+    """Draws every class exactly once; with S = C each expected count S q(w) is 1."""
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        assert num_samples == self.num_classes
+        return torch.randperm(self.num_classes, generator=generator, device=self.device)
+
+
+# ---------------------------------------------------------------------------------- samplers
+
+
+@pytest.mark.parametrize("sampler", samplers(12), ids=lambda s: type(s).__name__)
+def test_sampler_frequencies_match_log_prob(sampler: N.CandidateSampler) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 200_000
+    drawn = sampler.sample(n, generator=gen)
+    assert drawn.dtype == torch.long and drawn.shape == (n,) and drawn.device == sampler.device
+    assert int(drawn.min()) >= 0 and int(drawn.max()) < sampler.num_classes
+    freq = torch.bincount(drawn, minlength=sampler.num_classes).double() / n
+    q = sampler.probs()
+    torch.testing.assert_close(q.sum(), torch.tensor(1.0, dtype=torch.float64))
+    # 5 binomial standard deviations at the largest q: a real mismatch is far bigger
+    assert (freq - q).abs().max() < 5 * math.sqrt(0.25 / n)
+    classes = torch.arange(sampler.num_classes)
+    log_q = sampler.log_prob(classes)
+    assert log_q.dtype == torch.float64
+    torch.testing.assert_close(log_q, q.log(), rtol=1e-12, atol=1e-12)
+    again = sampler.sample(50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again, sampler.sample(50, generator=torch.Generator().manual_seed(3)))
+
+
+def test_log_uniform_is_tensorflows_zipf_formula() -> None:
+    c = 1000
+    k = torch.arange(c, dtype=torch.float64)
+    want = (torch.log(k + 2) - torch.log(k + 1)) / math.log(c + 1)
+    torch.testing.assert_close(N.LogUniformSampler(c).probs(), want, rtol=1e-12, atol=0)
+
+
+def test_unigram_power_flattens_the_counts() -> None:
+    counts = torch.tensor([1.0, 10.0, 100.0, 1000.0])
+    for power in (0.0, 0.75, 1.0):
+        q = N.UnigramSampler(counts, power=power).probs()
+        want = counts.double() ** power / (counts.double() ** power).sum()
+        torch.testing.assert_close(q, want, rtol=1e-12, atol=0)
+    assert N.UnigramSampler([3, 1, 2]).num_classes == 3  # a plain sequence works too
+
+
+# ------------------------------------------------------------------- agreement with formulas
+
+
+@given(
+    batch=st.integers(1, 6),
+    num_classes=st.integers(2, 12),
+    seed=st.integers(0, 10_000),
+    use_bias=st.booleans(),
+)
+def test_full_softmax_equals_torch_cross_entropy(
+    batch: int, num_classes: int, seed: int, use_bias: bool
+) -> None:
+    x, w, b, t = make_layer(batch, num_classes, 3, seed=seed)
+    bias = b if use_bias else None
+    for reduction in REDUCTIONS:
+        got = N.full_softmax_loss(x, w, bias, t, reduction=reduction)
+        want = F.cross_entropy(F.linear(x, w, bias), t, reduction=reduction)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def reference_parts(
+    x: Tensor, w: Tensor, b: Tensor, t: Tensor, sampler: N.CandidateSampler, s: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scores of targets and negatives computed naively from the full logit matrix."""
+    negatives = sampler.sample(s, generator=torch.Generator().manual_seed(seed))
+    logits = F.linear(x, w, b)  # (B, C), fine at this size
+    true = logits.gather(1, t[:, None]).squeeze(1)
+    neg = logits[:, negatives]
+    log_count = lambda c: sampler.log_prob(c).double() + math.log(s)  # noqa: E731
+    return true, neg, log_count(t), log_count(negatives)
+
+
+@pytest.mark.parametrize("sampler", samplers(15), ids=lambda s: type(s).__name__)
+def test_binary_losses_equal_bce_with_logits(sampler: N.CandidateSampler) -> None:
+    x, w, b, t = make_layer()
+    s = 9
+    true, neg, lc_true, lc_neg = reference_parts(x, w, b, t, sampler, s, seed=1)
+    for name, shift_true, shift_neg in (
+        ("nce", lc_true, lc_neg),
+        ("negative_sampling", torch.zeros_like(lc_true), torch.zeros_like(lc_neg)),
+    ):
+        delta_true, delta_neg = true - shift_true, neg - shift_neg[None, :]
+        want = F.binary_cross_entropy_with_logits(
+            delta_true, torch.ones_like(delta_true), reduction="none"
+        ) + F.binary_cross_entropy_with_logits(
+            delta_neg, torch.zeros_like(delta_neg), reduction="none"
+        ).sum(1)
+        gen = torch.Generator().manual_seed(1)
+        got = SAMPLED_LOSSES[name](x, w, b, t, sampler, s, reduction="none", generator=gen)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        (g_got,) = torch.autograd.grad(got.sum(), w)
+        (g_want,) = torch.autograd.grad(want.sum(), w, retain_graph=True)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", samplers(15), ids=lambda s: type(s).__name__)
+def test_sampled_softmax_equals_cross_entropy_over_the_sampled_logits(
+    sampler: N.CandidateSampler,
+) -> None:
+    x, w, b, t = make_layer()
+    s = 9
+    negatives = sampler.sample(s, generator=torch.Generator().manual_seed(2))
+    true, neg, _, lc_neg = reference_parts(x, w, b, t, sampler, s, seed=2)
+    neg = neg - lc_neg[None, :]
+    neg = torch.where(negatives[None, :] == t[:, None], -1e300, neg)  # accidental hits out
+    logits = torch.cat([true[:, None], neg], dim=1)
+    want = F.cross_entropy(logits, torch.zeros_like(t))
+    got = N.sampled_softmax_loss(x, w, b, t, sampler, s, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sampled_softmax_with_every_class_once_is_the_full_softmax() -> None:
+    x, w, b, t = make_layer(batch=8, num_classes=11)
+    sampler = EveryClassOnce(11)
+    full = N.full_softmax_loss(x, w, b, t)
+    sampled = N.sampled_softmax_loss(x, w, b, t, sampler, 11)
+    torch.testing.assert_close(sampled, full, rtol=1e-12, atol=1e-12)
+    grads_full = torch.autograd.grad(full, (w, b))
+    grads_sampled = torch.autograd.grad(sampled, (w, b))
+    for g_s, g_f in zip(grads_sampled, grads_full, strict=True):
+        torch.testing.assert_close(g_s, g_f, rtol=1e-12, atol=1e-12)
+    # Keeping the accidental hit puts the target in the softmax twice: the loss is larger.
+    kept = N.sampled_softmax_loss(x, w, b, t, sampler, 11, remove_accidental_hits=False)
+    assert float(kept.detach()) > float(full.detach()) + 0.1
+
+
+def test_accidental_hits_are_masked_with_finite_values_and_zero_gradient() -> None:
+    x, w, b, t = make_layer(batch=5, num_classes=4)
+    t = torch.tensor([0, 1, 2, 3, 0])
+    sampler = EveryClassOnce(4)
+    for name, loss_fn in SAMPLED_LOSSES.items():
+        rows = []
+        for i in range(5):  # one row at a time: the reference drops the hit explicitly
+            gen = torch.Generator().manual_seed(7)
+            negatives = sampler.sample(4, generator=gen)
+            keep = negatives[negatives != t[i]]
+            logits = F.linear(x[i : i + 1], w, b)[0]
+            neg = logits[keep]
+            if name == "negative_sampling":
+                rows.append(F.softplus(-logits[t[i]]) + F.softplus(neg).sum())
+            elif name == "nce":  # S q(w) = 1 for every class here, so log(S q) = 0
+                rows.append(F.softplus(-logits[t[i]]) + F.softplus(neg).sum())
+            else:
+                rows.append(torch.logsumexp(torch.cat([logits[t[i]][None], neg]), 0) - logits[t[i]])
+        want = torch.stack(rows)
+        gen = torch.Generator().manual_seed(7)
+        got = loss_fn(
+            x, w, b, t, sampler, 4, remove_accidental_hits=True, reduction="none", generator=gen
+        )
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        (grad,) = torch.autograd.grad(got.sum(), w)
+        (grad_want,) = torch.autograd.grad(want.sum(), w)
+        assert_finite(got, grad)
+        torch.testing.assert_close(grad, grad_want, rtol=1e-12, atol=1e-12)
+
+
+def test_expected_sampled_softmax_gradient_approaches_the_full_gradient() -> None:
+    """Monte Carlo over 300 seeded draws. The relative error of the averaged gradient is about
+    0.25 with S = 4 negatives (the bias of the sampled loss) and about 0.01 with S = 512 (what
+    remains is mostly Monte Carlo noise: 0.003 to 0.013 for generator seeds 0 to 3); the
+    thresholds 0.15 and 0.04 leave a wide margin on both sides."""
+    x, w, b, t = make_layer(batch=4, num_classes=20, dim=3)
+    sampler = N.LogUniformSampler(20)
+    (g_full,) = torch.autograd.grad(N.full_softmax_loss(x, w, b, t), w)
+
+    def relative_error(num_samples: int, draws: int = 300) -> float:
+        gen = torch.Generator().manual_seed(0)
+        total = sum(
+            N.sampled_softmax_loss(x, w, b, t, sampler, num_samples, generator=gen)
+            for _ in range(draws)
+        )
+        (g,) = torch.autograd.grad(total / draws, w)
+        return float((g - g_full).norm() / g_full.norm())
+
+    small, large = relative_error(4), relative_error(512)
+    assert small > 0.15
+    assert large < 0.04
+
+
+# --------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("name", SAMPLED_LOSSES)
+def test_gradcheck_float64(name: str) -> None:
+    x, w, b, t = make_layer(batch=3, num_classes=7, dim=2)
+    x.requires_grad_(True)
+    sampler = N.UnigramSampler(torch.arange(1.0, 8.0))
+
+    def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        gen = torch.Generator().manual_seed(5)  # the same negatives on every call
+        return SAMPLED_LOSSES[name](
+            x, w, b, t, sampler, 5, remove_accidental_hits=True, generator=gen
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: N.full_softmax_loss(x, w, b, t, reduction="sum"), (x, w, b)
+    )
+
+
+@pytest.mark.parametrize("name", SAMPLED_LOSSES)
+def test_sparse_weight_gradient_equals_the_dense_one(name: str) -> None:
+    x, w, b, t = make_layer()
+    sampler = N.LogUniformSampler(15)
+    grads = []
+    for sparse in (False, True):
+        gen = torch.Generator().manual_seed(4)
+        loss = SAMPLED_LOSSES[name](x, w, b, t, sampler, 6, sparse=sparse, generator=gen)
+        (g,) = torch.autograd.grad(loss, w)
+        grads.append(g)
+    assert grads[1].is_sparse and not grads[0].is_sparse
+    torch.testing.assert_close(grads[1].to_dense(), grads[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("name", [*SAMPLED_LOSSES, "full"])
+def test_finite_values_and_gradients_at_extremes(name: str, dtype: torch.dtype) -> None:
+    # scores of +-1e4: every softplus and logsumexp is far outside exp's range
+    x = torch.tensor([[100.0, 0.0], [-100.0, 0.0], [0.0, 100.0]], dtype=dtype)
+    w = torch.tensor([[100.0, 0.0], [-100.0, 0.0], [0.0, 100.0], [0.0, -100.0]], dtype=dtype)
+    w.requires_grad_(True)
+    b = torch.zeros(4, dtype=dtype, requires_grad=True)
+    t = torch.tensor([1, 0, 3])  # every target scored -1e4: the worst case
+    if name == "full":
+        loss = N.full_softmax_loss(x, w, b, t)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        loss = SAMPLED_LOSSES[name](
+            x, w, b, t, N.UniformSampler(4), 6, remove_accidental_hits=True, generator=gen
+        )
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    assert loss.dtype == dtype
+    assert_finite(loss, gw, gb)
+    assert float(loss.detach()) > 1e3  # the loss sees the bad targets
+
+
+@pytest.mark.parametrize("name", [*SAMPLED_LOSSES, "full"])
+def test_reductions(name: str) -> None:
+    x, w, b, t = make_layer()
+
+    def loss(reduction: str) -> Tensor:
+        if name == "full":
+            return N.full_softmax_loss(x, w, b, t, reduction=reduction)
+        gen = torch.Generator().manual_seed(0)
+        return SAMPLED_LOSSES[name](
+            x, w, b, t, N.UniformSampler(15), 5, reduction=reduction, generator=gen
+        )
+
+    none = loss("none")
+    assert none.shape == (6,) and bool((none > 0).all())
+    torch.testing.assert_close(loss("sum"), none.sum())
+    torch.testing.assert_close(loss("mean"), none.mean())
+
+
+def test_without_bias_and_in_bfloat16() -> None:
+    x, w, _, t = make_layer(dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    loss = N.nce_loss(x, w, None, t, N.LogUniformSampler(15), 8, generator=gen)
+    (g,) = torch.autograd.grad(loss, w)
+    assert loss.dtype == torch.bfloat16 and g.dtype == torch.bfloat16
+    x64, w64, _, _ = make_layer()
+    gen = torch.Generator().manual_seed(0)
+    want = N.nce_loss(x64, w64, None, t, N.LogUniformSampler(15), 8, generator=gen)
+    torch.testing.assert_close(loss.double(), want, rtol=3e-2, atol=3e-2)
+
+
+# --------------------------------------------------------------------------------- bad input
+
+
+def test_bad_sampler_arguments() -> None:
+    with pytest.raises(
+        ValueError, match=r"counts must be positive for every class, got 0 for class 1"
+    ):
+        N.UnigramSampler(torch.tensor([3.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"counts must be positive .* got -2 for class 2"):
+        N.UnigramSampler([3.0, 1.0, -2.0])
+    with pytest.raises(ValueError, match=r"counts contains NaN"):
+        N.UnigramSampler(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match=r"counts must be finite"):
+        N.UnigramSampler([1.0, float("inf")])
+    with pytest.raises(ValueError, match=r"counts must have 1 dimension"):
+        N.UnigramSampler(torch.ones(2, 2))
+    with pytest.raises(TypeError, match=r"counts must be a 1-d tensor or a sequence"):
+        N.UnigramSampler(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"power must be a finite non-negative number, got -1"):
+        N.UnigramSampler([1.0, 2.0], power=-1.0)
+    with pytest.raises(ValueError, match=r"num_classes must be at least 1, got 0"):
+        N.UniformSampler(0)
+    sampler = N.LogUniformSampler(5)
+    with pytest.raises(ValueError, match=r"num_samples must be at least 1, got 0"):
+        sampler.sample(0)
+    with pytest.raises(TypeError, match=r"num_samples must be an int, got float"):
+        sampler.sample(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"classes must hold class indices in \[0, 4\]"):
+        sampler.log_prob(torch.tensor([1, 5]))
+
+
+@pytest.mark.parametrize("name", SAMPLED_LOSSES)
+def test_bad_loss_arguments(name: str) -> None:
+    fn = SAMPLED_LOSSES[name]
+    x, w, b, t = make_layer()
+    s = N.UniformSampler(15)
+    cases: list[tuple[type[Exception], str, Callable[[], object]]] = [
+        (
+            ValueError,
+            r"target must hold class indices in \[0, 14\] .* got 15",
+            lambda: fn(x, w, b, torch.tensor([0, 1, 2, 3, 4, 15]), s, 4),
+        ),
+        (
+            ValueError,
+            r"target must hold class indices .* got -1",
+            lambda: fn(x, w, b, torch.tensor([0, 1, 2, 3, 4, -1]), s, 4),
+        ),
+        (
+            TypeError,
+            r"target must hold integer class indices",
+            lambda: fn(x, w, b, t.double(), s, 4),
+        ),
+        (
+            ValueError,
+            r"target must have shape \(6,\), got \(5,\)",
+            lambda: fn(x, w, b, t[:5], s, 4),
+        ),
+        (ValueError, r"num_samples must be at least 1, got 0", lambda: fn(x, w, b, t, s, 0)),
+        (TypeError, r"num_samples must be an int", lambda: fn(x, w, b, t, s, 2.5)),
+        (
+            ValueError,
+            r"weight must have shape \(num_classes, 4\)",
+            lambda: fn(x, w[:, :3], b, t, s, 4),
+        ),
+        (
+            TypeError,
+            r"weight must have the same dtype as input",
+            lambda: fn(x, w.float(), b, t, s, 4),
+        ),
+        (
+            ValueError,
+            r"bias must have shape \(15,\), got \(14,\)",
+            lambda: fn(x, w, b[:14], t, s, 4),
+        ),
+        (ValueError, r"input must have 2 dimension\(s\), got 1", lambda: fn(x[0], w, b, t, s, 4)),
+        (
+            ValueError,
+            r"sampler must cover the 15 classes of weight, got a sampler over 9",
+            lambda: fn(x, w, b, t, N.UniformSampler(9), 4),
+        ),
+        (
+            TypeError,
+            r"sampler must be a companion.nce.CandidateSampler, got str",
+            lambda: fn(x, w, b, t, "uniform", 4),
+        ),
+        (ValueError, r"reduction must be one of", lambda: fn(x, w, b, t, s, 4, reduction="avg")),
+        (ValueError, r"input contains NaN", lambda: fn(x * float("nan"), w, b, t, s, 4)),
+        (
+            ValueError,
+            r"weight contains NaN in a row used by this batch",
+            lambda: fn(x, w.detach().index_fill(0, t[:1], float("nan")), b, t, s, 4),
+        ),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_bad_full_softmax_arguments() -> None:
+    x, w, b, t = make_layer()
+    with pytest.raises(ValueError, match=r"target must hold class indices .* got 20"):
+        N.full_softmax_loss(x, w, b, torch.full((6,), 20))
+    with pytest.raises(ValueError, match=r"weight contains NaN"):
+        N.full_softmax_loss(x, w.detach() * float("nan"), b, t)
