@@ -1,0 +1,231 @@
+"""The tiled CLIP loss against the plain full-matrix one: time and peak memory, forward + backward.
+
+What is measured, per batch size B (512 features, float32, unit-norm random features, logit
+scale 1/0.07 as a tensor that needs a gradient):
+
+* ``full``: the implementation most code bases use (the CLIP paper's pseudocode, Hugging Face's
+  CLIPModel): ``logits = s * I @ T.T``, then the mean of ``cross_entropy(logits, arange)`` and
+  ``cross_entropy(logits.T, arange)``. Autograd keeps several ``B x B`` buffers.
+* ``chunked``: ``companion.contrastive.clip_loss(I, T, s, chunk_size=1024)``, which never holds
+  more than two ``1024 x B`` tiles of the matrix.
+* ``matmul floor``: the three ``B x B x D`` products that any exact method performs (the
+  forward ``I T^T`` and the backward ``G T`` and ``G^T I``), tiled like ``chunked``, with no
+  softmax work at all: the time no implementation can beat on this machine.
+
+Each (B, method) runs in a fresh Python subprocess. It first runs the method once at B = 256 (to
+load kernels and start threads), records the peak resident set size so far
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``), then creates the inputs and runs the method at
+B: the table's memory is the growth of that peak, i.e. what the inputs, the forward and the
+backward passes (gradients included) need on top of an idle process. Time is the median
+wall-clock time of the forward plus backward pass over the repeats.
+
+Usage::
+
+    python benchmarks/clip.py            # the full run; writes benchmarks/results/clip.md
+    python benchmarks/clip.py --quick    # a cheap smoke test at small batch sizes, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+DIM = 512
+CHUNK = 1024
+SCALE = 1 / 0.07
+RESULTS = Path(__file__).resolve().parent / "results" / "clip.md"
+METHODS = ("full", "chunked", "matmul floor")
+
+
+def full_clip(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The plain full-matrix CLIP loss."""
+    logits = scale * image @ text.T
+    labels = torch.arange(image.shape[0])
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def matmul_floor(image: torch.Tensor, text: torch.Tensor, chunk: int) -> None:
+    """The three B x B x D products of any exact forward + backward, in row tiles, nothing else."""
+    with torch.no_grad():
+        grad_text = torch.zeros_like(text)
+        for start in range(0, image.shape[0], chunk):
+            rows = image[start : start + chunk]
+            tile = rows @ text.T  # forward logits (and a stand-in for the gradient tile)
+            _ = tile @ text  # d image
+            grad_text += tile.T @ rows  # d text
+
+
+def run_once(method: str, batch: int, generator: torch.Generator) -> float:
+    from companion.contrastive import clip_loss
+
+    image = F.normalize(torch.randn(batch, DIM, generator=generator), dim=1).requires_grad_()
+    text = F.normalize(torch.randn(batch, DIM, generator=generator), dim=1).requires_grad_()
+    scale = torch.tensor(SCALE, requires_grad=True)
+    start = time.perf_counter()
+    if method == "matmul floor":
+        matmul_floor(image.detach(), text.detach(), CHUNK)
+    else:
+        if method == "full":
+            loss = full_clip(image, text, scale)
+        else:
+            loss = clip_loss(image, text, scale, chunk_size=CHUNK)
+        loss.backward()
+    return time.perf_counter() - start
+
+
+def max_rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def worker(method: str, batch: int, repeats: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    run_once(method, 256, generator)  # warm-up at a small size: kernels, threads
+    baseline = max_rss_bytes()  # each run below creates its inputs: they count as extra memory
+    times = [run_once(method, batch, generator) for _ in range(repeats)]
+    peak = max_rss_bytes() - baseline
+    result = {
+        "seconds": statistics.median(times),
+        "peak_bytes": peak,
+        "total_bytes": max_rss_bytes(),
+        "runs": repeats,
+    }
+    print(json.dumps(result))
+
+
+def measure(method: str, batch: int, repeats: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--worker", method, str(batch), str(repeats)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+GIB = 1024**3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small batch sizes, print only")
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "BATCH", "REPEATS"))
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
+        return
+
+    if args.quick:
+        plan = [(2048, METHODS, 2), (4096, ("full", "chunked"), 1)]
+    else:
+        plan = [(16384, METHODS, 3), (65536, ("chunked",), 1)]
+    rows: dict[tuple[int, str], dict[str, float]] = {}
+    for batch, methods, repeats in plan:
+        for method in methods:
+            need = 6 * 4 * batch * batch if method == "full" else 0
+            free = available_bytes()
+            if free is not None and need > 0.8 * free:
+                print(f"skipping {method} at B={batch}: needs about {need / GIB:.0f} GiB")
+                continue
+            rows[batch, method] = measure(method, batch, repeats)
+            r = rows[batch, method]
+            print(
+                f"B={batch:>6} {method:>12}: {r['seconds']:8.2f} s, "
+                f"peak +{r['peak_bytes'] / 2**20:8.0f} MiB",
+                flush=True,
+            )
+
+    table = render(rows, plan)
+    print()
+    print(table)
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(table)
+        print(f"written to {RESULTS}")
+
+
+def render(
+    rows: dict[tuple[int, str], dict[str, float]],
+    plan: list[tuple[int, tuple[str, ...], int]],
+) -> str:
+    lines = [
+        f"CLIP loss, forward + backward, {DIM} float32 features, chunked with "
+        f"`chunk_size={CHUNK}`; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.machine()}. Time: median of the runs; memory: growth of the peak resident "
+        "set size while creating the inputs and running the forward and backward passes "
+        "(inputs and gradients included), in a fresh process per row; the last column is the "
+        "process's whole peak (Python, torch, inputs and all).",
+        "",
+        "| batch | method | runs | time (s) | time / full | extra peak memory (MiB) "
+        "| memory / full | peak RSS of the process (MiB) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for batch, methods, _ in plan:
+        full = rows.get((batch, "full"))
+        for method in METHODS:
+            r = rows.get((batch, method))
+            if r is None:
+                if method == "full" and "full" not in methods:
+                    gib = 4 * batch * batch / GIB
+                    lines.append(
+                        f"| {batch:,} | full | - | not run | - | "
+                        f"each B x B float32 matrix is {gib:.0f} GiB | - | - |"
+                    )
+                continue
+            t_ratio = f"{r['seconds'] / full['seconds']:.2f}" if full else "-"
+            if full and method != "matmul floor":
+                m_ratio = f"{r['peak_bytes'] / full['peak_bytes']:.1%}"
+            else:
+                m_ratio = "-"
+            mem = f"{r['peak_bytes'] / 2**20:,.0f}" if method != "matmul floor" else "-"
+            total = f"{r['total_bytes'] / 2**20:,.0f}" if method != "matmul floor" else "-"
+            lines.append(
+                f"| {batch:,} | {method} | {int(r['runs'])} | {r['seconds']:.2f} | {t_ratio} "
+                f"| {mem} | {m_ratio} | {total} |"
+            )
+    lines.append("")
+    lines.extend(verdicts(rows))
+    return "\n".join(lines) + "\n"
+
+
+def verdicts(rows: dict[tuple[int, str], dict[str, float]]) -> list[str]:
+    out = []
+    full, chunked = rows.get((16384, "full")), rows.get((16384, "chunked"))
+    if full and chunked:
+        t = chunked["seconds"] / full["seconds"]
+        m = chunked["peak_bytes"] / full["peak_bytes"]
+        out.append(
+            f"- Batch 16,384: chunked / full time = {t:.2f} (target: at most 1, "
+            f"{'met' if t <= 1 else 'NOT met'}); chunked / full peak memory = {m:.1%} "
+            f"(target: at most 15%, {'met' if m <= 0.15 else 'NOT met'})."
+        )
+    big = rows.get((65536, "chunked"))
+    if big:
+        gb = big["total_bytes"] / 1e9
+        out.append(
+            f"- Batch 65,536: chunked finished; the whole process peaked at {gb:.2f} GB resident "
+            f"(target: under 4 GB, {'met' if gb < 4 else 'NOT met'})."
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,679 @@
+r"""Losses that learn an embedding space: contrastive, triplet, InfoNCE and the CLIP loss.
+
+Instead of a probability over a fixed list of classes, these losses shape a space in which
+distances (or dot products) mean similarity:
+
+* :func:`contrastive_loss` pulls matching pairs together and pushes non-matching pairs at least
+  a margin apart (Hadsell, Chopra and LeCun, 2006).
+* :func:`triplet_loss` asks an anchor to be closer to a positive than to a negative, by a margin
+  (Weinberger and Saul, 2009; Schroff, Kalenichenko and Philbin, 2015).
+* :func:`info_nce_loss` turns the other items of a batch into negatives and scores each query
+  with a softmax cross-entropy over all keys (van den Oord, Li and Vinyals, 2018).
+* :func:`clip_loss` is InfoNCE in both directions over the ``B x B`` image-text similarity
+  matrix (Radford et al., 2021). With ``chunk_size`` it never holds more than
+  ``chunk_size x B`` of that matrix, in the forward or the backward pass; under
+  :mod:`torch.distributed` it gathers the other processes' features with their gradients.
+  :class:`ClipLoss` owns the learnable temperature.
+* :func:`soft_target_clip_loss` replaces the identity targets by a softmax of the averaged
+  within-modality similarities, so near-duplicates inside a batch share the credit.
+
+torch ships a triplet loss (:func:`torch.nn.functional.triplet_margin_loss`); the one here is
+the readable version, tested against it. torch ships no CLIP loss: :func:`clip_loss` is meant
+for real training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from companion._validate import (
+    check_batch_size,
+    check_finite,
+    check_int,
+    check_positive,
+    check_reduction,
+    check_same_dtype_device,
+    check_same_shape,
+    check_tensor,
+    reduce_loss,
+)
+
+__all__ = [
+    "ClipLoss",
+    "clip_loss",
+    "contrastive_loss",
+    "info_nce_loss",
+    "paired_views",
+    "retrieval_accuracy",
+    "soft_target_clip_loss",
+    "triplet_loss",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks shared by the losses of this module
+# --------------------------------------------------------------------------------------------
+
+
+def _check_pair(a: Tensor, name_a: str, b: Tensor, name_b: str) -> None:
+    """Two non-empty 2-D floating tensors of the same shape, dtype and device, finite."""
+    check_tensor(a, name_a, ndim=2)
+    check_tensor(b, name_b, ndim=2)
+    if a.shape[0] != b.shape[0]:
+        check_batch_size(a, name_a, b, name_b)
+    check_same_shape(a, name_a, b, name_b)
+    check_same_dtype_device(a, name_a, b, name_b)
+    check_finite(a, name_a)
+    check_finite(b, name_b)
+
+
+def _as_scale(value: float | Tensor, name: str) -> tuple[Tensor | float, float]:
+    """Validate a positive scalar that may be a tensor (with gradient) or a Python number.
+
+    Returns the value to compute with (the tensor itself, so gradients flow, or the float) and
+    its value as a Python float.
+    """
+    if isinstance(value, Tensor):
+        check_tensor(value, name)
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a scalar (a 0-d or one-element tensor), "
+                f"got shape {tuple(value.shape)}"
+            )
+        return value.reshape(()), check_positive(float(value.detach()), name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    v = check_positive(value, name)
+    return v, v
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs and triplets
+# --------------------------------------------------------------------------------------------
+
+
+def contrastive_loss(
+    x1: Tensor, x2: Tensor, same: Tensor, margin: float = 1.0, reduction: str = "mean"
+) -> Tensor:
+    r"""The contrastive loss of Hadsell, Chopra and LeCun (2006) on pairs of embeddings.
+
+    With :math:`d_i = \lVert x_{1,i} - x_{2,i} \rVert_2` and :math:`y_i = 1` for a matching
+    pair,
+
+    .. math::
+
+        \ell_i = y_i \, \tfrac12 d_i^2 + (1 - y_i) \, \tfrac12 \max(0, m - d_i)^2 .
+
+    Matching pairs are pulled together; non-matching pairs are pushed apart only until they
+    are ``margin`` apart. The paper writes :math:`Y = 0` for a similar pair; here ``same`` is
+    1 (or True) for a similar pair, which reads more naturally.
+
+    Args:
+        x1, x2: embeddings, shape ``(B, D)``, same dtype and device.
+        same: shape ``(B,)``, bool or 0/1 numbers: 1 where the pair matches.
+        margin: :math:`m > 0`, the distance beyond which a non-matching pair costs nothing.
+        reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+    """
+    _check_pair(x1, "x1", x2, "x2")
+    same_f = _check_binary(same, "same", x1)
+    check_positive(margin, "margin")
+    check_reduction(reduction)
+    diff = x1 - x2
+    squared = diff.pow(2).sum(dim=1)
+    # vector_norm's gradient at 0 is 0 (a subgradient), so identical non-matching pairs are safe
+    distance = torch.linalg.vector_norm(diff, dim=1)
+    pull = 0.5 * squared
+    push = 0.5 * torch.clamp(margin - distance, min=0).pow(2)
+    return reduce_loss(same_f * pull + (1 - same_f) * push, reduction)
+
+
+def _check_binary(same: object, name: str, like: Tensor) -> Tensor:
+    if not isinstance(same, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(same).__name__}")
+    if same.dim() != 1 or same.shape[0] != like.shape[0]:
+        raise ValueError(f"{name} must have shape ({like.shape[0]},), got {tuple(same.shape)}")
+    if same.is_complex():
+        raise TypeError(f"{name} must be bool or real, got dtype {same.dtype}")
+    if same.device != like.device:
+        raise ValueError(
+            f"{name} must be on the same device as x1 ({like.device}), got {same.device}"
+        )
+    values = same.to(like.dtype)
+    if bool(((values != 0) & (values != 1)).any()):
+        raise ValueError(f"{name} must hold only 0 and 1 (or False and True)")
+    return values
+
+
+def triplet_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float = 1.0,
+    reduction: str = "mean",
+    *,
+    squared: bool = False,
+) -> Tensor:
+    r"""The triplet loss: an anchor must be closer to its positive than to its negative.
+
+    .. math::
+
+        \ell_i = \max\bigl(0,\; d(a_i, p_i) - d(a_i, n_i) + m\bigr),
+
+    with the Euclidean distance :math:`d` (as :func:`torch.nn.functional.triplet_margin_loss`
+    with ``p=2``, minus its ``eps``), or its square with ``squared=True`` (as in FaceNet,
+    Schroff et al. 2015, and the large-margin nearest neighbours of Weinberger and Saul, 2009).
+
+    Args:
+        anchor, positive, negative: embeddings, shape ``(B, D)``, same dtype and device.
+        margin: :math:`m > 0`.
+        reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+        squared: use squared distances.
+    """
+    _check_pair(anchor, "anchor", positive, "positive")
+    _check_pair(anchor, "anchor", negative, "negative")
+    check_positive(margin, "margin")
+    check_reduction(reduction)
+    if squared:
+        d_pos = (anchor - positive).pow(2).sum(dim=1)
+        d_neg = (anchor - negative).pow(2).sum(dim=1)
+    else:
+        d_pos = torch.linalg.vector_norm(anchor - positive, dim=1)
+        d_neg = torch.linalg.vector_norm(anchor - negative, dim=1)
+    return reduce_loss(torch.clamp(d_pos - d_neg + margin, min=0), reduction)
+
+
+# --------------------------------------------------------------------------------------------
+# InfoNCE
+# --------------------------------------------------------------------------------------------
+
+
+def info_nce_loss(
+    query: Tensor, key: Tensor, temperature: float = 0.07, reduction: str = "mean"
+) -> Tensor:
+    r"""InfoNCE with in-batch negatives: key ``i`` is query ``i``'s positive, the rest negatives.
+
+    .. math::
+
+        \ell_i = -\log \frac{\exp(q_i \cdot k_i / \tau)}{\sum_{j=1}^{B} \exp(q_i \cdot k_j / \tau)}
+        = \operatorname{logsumexp}_j (q_i \cdot k_j / \tau) - q_i \cdot k_i / \tau,
+
+    a softmax cross-entropy whose "classes" are the keys of the batch (van den Oord, Li and
+    Vinyals, 2018; the N-pair loss of Sohn, 2016, is the same with :math:`\tau = 1`).
+
+    The features are used as given: normalise them first (``F.normalize``) for the cosine
+    similarity that the temperature is usually tuned for.
+
+    Args:
+        query, key: shape ``(B, D)``, same dtype and device.
+        temperature: :math:`\tau > 0`.
+        reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+    """
+    _check_pair(query, "query", key, "key")
+    check_positive(temperature, "temperature")
+    check_reduction(reduction)
+    logits = query @ key.T / temperature
+    labels = torch.arange(query.shape[0], device=query.device)
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------------
+# The CLIP loss: full matrix, tiled, and across processes
+# --------------------------------------------------------------------------------------------
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half and bfloat16 (softmax statistics need it), the dtype itself otherwise."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _tile_logits(scaled_queries: Tensor, keys_t: Tensor, out: Tensor) -> Tensor:
+    """``scaled_queries @ keys_t`` written into the first rows of the reusable buffer ``out``."""
+    rows = out[: scaled_queries.shape[0]]
+    if out.dtype == scaled_queries.dtype:
+        return torch.mm(scaled_queries, keys_t, out=rows)
+    return rows.copy_(torch.mm(scaled_queries, keys_t))
+
+
+def _tile_logsumexp(logits: Tensor, dim: int, work: Tensor) -> Tensor:
+    """logsumexp of a finite tile along ``dim``, using ``work`` (same shape) as scratch space."""
+    top = logits.amax(dim=dim, keepdim=True)
+    torch.sub(logits, top, out=work).exp_()
+    return work.sum(dim=dim).log_() + top.squeeze(dim)
+
+
+class _TiledCrossEntropy(torch.autograd.Function):
+    r"""Sum of the cross-entropies of the rows (and optionally the columns) of ``s Q K^T``.
+
+    Row ``i`` of the logit matrix :math:`L = s\,QK^\top` (``Q`` of shape ``(m, D)``, ``K`` of
+    shape ``(n, D)``) has its positive at column ``o + i`` (``o`` = ``offset``). The result is
+
+    .. math::
+
+        \sum_i \bigl(r_i - L_{i, o+i}\bigr) \;\Bigl[+ \sum_j \bigl(c_j - L_{jj}\bigr)\Bigr],
+        \qquad r_i = \operatorname{lse}_j L_{ij}, \quad c_j = \operatorname{lse}_i L_{ij},
+
+    where the bracket (the columns) needs a square matrix and ``o = 0``. ``L`` is built
+    ``chunk`` rows at a time. The forward pass gets each tile's row log-sum-exps exactly and
+    merges the column log-sum-exps tile by tile with ``logaddexp`` (an online log-sum-exp);
+    only these ``m + n`` statistics are saved. The backward pass rebuilds each tile, forms its
+    gradient
+
+    .. math::
+
+        G_{ij} = \frac{\partial}{\partial L_{ij}} = e^{L_{ij} - r_i} \;[+\, e^{L_{ij} - c_j}]
+        - (1\;[+1])\,\mathbb 1[j = o + i],
+
+    and accumulates :math:`dQ = s\,GK`, :math:`dK = s\,G^\top Q` and
+    :math:`ds = \sum_{ij} G_{ij} (QK^\top)_{ij} = \sum_i q_i \cdot (GK)_i`. Two reusable
+    ``chunk x n`` buffers hold everything of the matrix that ever exists.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        queries: Tensor,
+        keys: Tensor,
+        scale: Tensor,
+        offset: int,
+        with_columns: bool,
+        chunk: int,
+    ) -> Tensor:
+        acc = _accumulation_dtype(queries.dtype)
+        s = float(scale.detach())
+        m, n = queries.shape[0], keys.shape[0]
+        keys_t = keys.T
+        scaled = queries * s  # folding s into Q costs O(mD) instead of a pass over each tile
+        tile = min(chunk, m)
+        logits_buf = torch.empty((tile, n), dtype=acc, device=queries.device)
+        work_buf = torch.empty_like(logits_buf)
+        row_lse = torch.empty(m, dtype=acc, device=queries.device)
+        col_lse = torch.full((n if with_columns else 0,), -math.inf, dtype=acc, device=keys.device)
+        for start in range(0, m, chunk):
+            stop = min(start + chunk, m)
+            logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
+            work = work_buf[: stop - start]
+            row_lse[start:stop] = _tile_logsumexp(logits, 1, work)
+            if with_columns:
+                torch.logaddexp(col_lse, _tile_logsumexp(logits, 0, work), out=col_lse)
+        positive = (scaled.to(acc) * keys[offset : offset + m].to(acc)).sum(dim=1)
+        total = row_lse.sum() - positive.sum()
+        if with_columns:
+            total = total + col_lse.sum() - positive.sum()
+        ctx.save_for_backward(queries, keys, scale, row_lse, col_lse)
+        ctx.offset, ctx.with_columns, ctx.chunk = offset, with_columns, chunk
+        return total.to(queries.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_total: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+        queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
+        offset, with_columns, chunk = ctx.offset, ctx.with_columns, ctx.chunk
+        need_q, need_k, need_s = ctx.needs_input_grad[:3]
+        dtype, acc = queries.dtype, _accumulation_dtype(queries.dtype)
+        s = float(scale.detach())
+        g = grad_total.to(acc)
+        m, n = queries.shape[0], keys.shape[0]
+        keys_t = keys.T
+        scaled = queries * s
+        positives = 2.0 if with_columns else 1.0
+        tile = min(chunk, m)
+        logits_buf = torch.empty((tile, n), dtype=acc, device=queries.device)
+        grad_buf = torch.empty_like(logits_buf)
+        d_queries = torch.empty_like(queries) if need_q else None
+        d_keys = torch.zeros(keys.shape, dtype=acc, device=keys.device) if need_k else None
+        d_scale = torch.zeros((), dtype=acc, device=queries.device)
+        for start in range(0, m, chunk):
+            stop = min(start + chunk, m)
+            logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
+            grad = grad_buf[: stop - start]
+            torch.sub(logits, row_lse[start:stop, None], out=grad).exp_()
+            if with_columns:
+                grad += logits.sub_(col_lse).exp_()
+            rows = torch.arange(stop - start, device=grad.device)
+            grad[rows, rows + (offset + start)] -= positives
+            # grad is d total / d logits for this tile, before the factor g
+            grad_mm = grad if grad.dtype == dtype else grad.to(dtype)
+            grad_keys = torch.mm(grad_mm, keys)  # G K, shape (tile, D)
+            if d_queries is not None:
+                d_queries[start:stop] = grad_keys * (g * s).to(dtype)
+            if need_s:
+                d_scale += (queries[start:stop].to(acc) * grad_keys.to(acc)).sum()
+            if d_keys is not None:
+                if d_keys.dtype == dtype:
+                    d_keys.addmm_(grad_mm.T, scaled[start:stop])
+                else:
+                    d_keys += torch.mm(grad_mm.T, scaled[start:stop]).to(acc)
+        return (
+            d_queries,
+            d_keys.mul_(g).to(dtype) if d_keys is not None else None,
+            d_scale.mul_(g).to(scale.dtype) if need_s else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _cross_entropy_sum(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor | float,
+    offset: int,
+    with_columns: bool,
+    chunk_size: int | None,
+) -> Tensor:
+    """The sum that :class:`_TiledCrossEntropy` computes, with the full matrix or in tiles."""
+    if chunk_size is not None:
+        scale_t = scale if isinstance(scale, Tensor) else queries.new_tensor(scale)
+        result: Tensor = _TiledCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            queries, keys, scale_t, offset, with_columns, chunk_size
+        )
+        return result
+    logits = scale * (queries @ keys.T)
+    labels = torch.arange(offset, offset + queries.shape[0], device=queries.device)
+    total = F.cross_entropy(logits, labels, reduction="sum")
+    if with_columns:
+        total = total + F.cross_entropy(logits.T, labels, reduction="sum")
+    return total
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """``all_gather`` along the batch dimension whose backward returns the summed gradient.
+
+    Every rank's loss depends on every rank's features, so the gradient that reaches this
+    rank's features is the sum over ranks of the gradients with respect to them: an
+    ``all_reduce`` of the gathered gradient, then this rank's slice. Local batch sizes may
+    differ between ranks (each is padded to the largest for the collective).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, sizes: list[int], rank: int) -> Tensor:
+        width = max(sizes)
+        padded = local.new_zeros((width, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        buffers = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(buffers, padded.contiguous())
+        ctx.start = sum(sizes[:rank])
+        ctx.size = sizes[rank]
+        return torch.cat([buf[:size] for buf, size in zip(buffers, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[ctx.start : ctx.start + ctx.size], None, None
+
+
+def _process_group_size(gather: bool) -> tuple[int, int]:
+    """``(rank, world_size)`` of the default group, or ``(0, 1)`` outside torch.distributed."""
+    if gather and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def clip_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: float | Tensor,
+    chunk_size: int | None = None,
+    *,
+    gather: bool = True,
+) -> Tensor:
+    r"""The symmetric InfoNCE loss of CLIP (Radford et al., 2021) over a batch of pairs.
+
+    With the logits :math:`L = s\, I T^\top` (:math:`s` the ``logit_scale``, ``I`` and ``T``
+    the ``(B, D)`` features), pair ``i`` is the positive of row ``i`` and of column ``i``:
+
+    .. math::
+
+        \mathcal L = \frac{1}{2B} \sum_{i=1}^{B}
+        \Bigl(\operatorname{lse}_j L_{ij} - L_{ii}\Bigr)
+        + \frac{1}{2B} \sum_{j=1}^{B} \Bigl(\operatorname{lse}_i L_{ij} - L_{jj}\Bigr),
+
+    the mean of the image-to-text and the text-to-image cross-entropies.
+
+    **Normalisation.** The features are used as given. CLIP L2-normalises them first, so
+    that :math:`L_{ij} = s \cos\theta_{ij}`; do that in the model
+    (``F.normalize(features, dim=-1)``), as open_clip does. The loss is correct for any
+    features, but the temperature's usual range assumes unit vectors.
+
+    **Memory.** With ``chunk_size=None`` the ``B x B`` matrix is built at once and autograd
+    keeps several ``B x B`` buffers. With an integer ``chunk_size``, a custom autograd function
+    builds the matrix ``chunk_size`` rows at a time in the forward pass (online log-sum-exp for
+    the columns), saves only the ``2B`` log-sum-exps, and rebuilds each tile in the backward
+    pass: at most a few ``chunk_size x B`` tiles exist at any time. Both give the same value
+    and gradients, up to rounding.
+
+    **Across processes.** When :mod:`torch.distributed` is initialised (and ``gather`` is
+    True), each rank passes its own pairs; the features of all ranks are gathered (with
+    gradient) and the rank computes its rows and its columns of the global matrix against all
+    ``B`` global pairs. It returns ``N * (its share of the global loss)``, where ``N`` is the
+    world size: the ranks' returned values average to the single-process loss on all ``B``
+    pairs, and after the gradient averaging of
+    :class:`~torch.nn.parallel.DistributedDataParallel` every parameter has the
+    single-process gradient. This holds for unequal local batch sizes too. Keep the
+    ``logit_scale`` parameter inside the DDP-wrapped module (or average its gradient
+    yourself), and make every rank call this function and its backward pass.
+
+    Args:
+        image_features: shape ``(B, D)``, this process's image embeddings.
+        text_features: shape ``(B, D)``, the matching text embeddings, same dtype and device.
+        logit_scale: :math:`s > 0`, the inverse temperature (``exp`` of CLIP's learned
+            log-parameter, which CLIP clamps at 100): a float or a scalar tensor, which then
+            receives a gradient.
+        chunk_size: rows per tile for the memory-lean path; ``None`` builds the full matrix.
+        gather: under an initialised process group, gather all ranks' features (the default).
+            Set it to False to compute the loss of this rank's batch alone.
+
+    Returns:
+        The scalar loss, in the features' dtype.
+    """
+    _check_pair(image_features, "image_features", text_features, "text_features")
+    scale, _ = _as_scale(logit_scale, "logit_scale")
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", minimum=1)
+    rank, world = _process_group_size(gather)
+    if world == 1:
+        total = _cross_entropy_sum(image_features, text_features, scale, 0, True, chunk_size)
+        return total / (2 * image_features.shape[0])
+    local = image_features.shape[0]
+    sizes_t = torch.zeros(world, dtype=torch.long, device=image_features.device)
+    sizes_t[rank] = local
+    dist.all_reduce(sizes_t, op=dist.ReduceOp.SUM)
+    sizes = [int(v) for v in sizes_t.tolist()]
+    pairs = torch.cat([image_features, text_features], dim=1)  # one collective for both
+    both: Tensor = _GatherWithGradient.apply(pairs, sizes, rank)  # type: ignore[no-untyped-call]
+    dim = image_features.shape[1]
+    all_images, all_texts = both[:, :dim], both[:, dim:]
+    offset, global_batch = sum(sizes[:rank]), sum(sizes)
+    rows = _cross_entropy_sum(image_features, all_texts, scale, offset, False, chunk_size)
+    columns = _cross_entropy_sum(text_features, all_images, scale, offset, False, chunk_size)
+    return (rows + columns) * (world / (2 * global_batch))
+
+
+def soft_target_clip_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: float | Tensor,
+    target_scale: float | None = None,
+) -> Tensor:
+    r"""A CLIP loss whose targets come from the within-modality similarities.
+
+    The hard CLIP loss (:func:`clip_loss`) says that image ``i`` matches text ``i`` and no
+    other. When a batch holds near-duplicates (two photos of the same thing with nearly the
+    same caption), that target is unreachable. This variant spreads the target over the pairs
+    that look alike in *both* modalities:
+
+    .. math::
+
+        Q = \operatorname{softmax}_{\text{rows}}\!\Bigl(t\,\tfrac{I I^\top + T T^\top}{2}\Bigr),
+        \qquad
+        \mathcal L = \tfrac12 \bigl[\operatorname{CE}(s I T^\top, Q)
+        + \operatorname{CE}(s T I^\top, Q)\bigr],
+
+    with :math:`\operatorname{CE}(L, Q) = -\frac1B \sum_i \sum_j Q_{ij} \log
+    \operatorname{softmax}(L_i)_j`. The matrix inside the softmax is symmetric, so the same
+    row-normalised ``Q`` serves both directions. ``Q`` is treated as a constant (no gradient
+    flows through the targets), as labels are. With distinct unit-norm features and
+    :math:`t \to \infty`, ``Q`` tends to the identity and the loss to :func:`clip_loss`.
+
+    Args:
+        image_features, text_features: shape ``(B, D)``, usually L2-normalised.
+        logit_scale: :math:`s > 0`, the inverse temperature of the logits (float or tensor).
+        target_scale: :math:`t > 0`, the inverse temperature of the targets; by default the
+            same value as ``logit_scale``. (Both *multiply* similarities: an inverse
+            temperature, not a temperature.)
+
+    Returns:
+        The scalar loss. The full ``B x B`` matrices are built (there is no chunked version),
+        from this process's batch only: nothing is gathered under :mod:`torch.distributed`.
+    """
+    _check_pair(image_features, "image_features", text_features, "text_features")
+    scale, scale_value = _as_scale(logit_scale, "logit_scale")
+    t = scale_value if target_scale is None else check_positive(target_scale, "target_scale")
+    with torch.no_grad():
+        similarity = (image_features @ image_features.T + text_features @ text_features.T) / 2
+        targets = torch.softmax(similarity * t, dim=1)
+    logits = scale * (image_features @ text_features.T)
+    image_to_text = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    text_to_image = -(targets * torch.log_softmax(logits.T, dim=1)).sum(dim=1)
+    return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+class ClipLoss(nn.Module):
+    r"""The CLIP loss with its learnable temperature.
+
+    Holds the log of the inverse temperature, :math:`t`, initialised to
+    :math:`\log(1/\tau_0)` (CLIP uses :math:`\tau_0 = 0.07`), and computes
+    :func:`clip_loss` with ``logit_scale`` :math:`= \min(e^{t}, s_{\max})`. Learning
+    :math:`t` rather than :math:`\tau` keeps the scale positive and makes steps
+    multiplicative; the clamp at :math:`s_{\max} = 100` (as in CLIP) stops the logits from
+    growing without bound, and has zero gradient once reached.
+
+    Args:
+        temperature: initial temperature :math:`\tau_0 > 0`.
+        max_scale: the largest logit scale.
+        chunk_size: passed to :func:`clip_loss` (``None``: full matrix).
+        learn_temperature: if False the temperature is a fixed buffer-like parameter
+            (``requires_grad=False``).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        max_scale: float = 100.0,
+        chunk_size: int | None = None,
+        learn_temperature: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(temperature, "temperature")
+        check_positive(max_scale, "max_scale")
+        if chunk_size is not None:
+            check_int(chunk_size, "chunk_size", minimum=1)
+        self.max_scale = float(max_scale)
+        self.chunk_size = chunk_size
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature
+        )
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """The current inverse temperature :math:`\\min(e^{t}, s_{\\max})`."""
+        return torch.clamp(self.log_scale.exp(), max=self.max_scale)
+
+    def forward(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        return clip_loss(
+            image_features, text_features, self.logit_scale, chunk_size=self.chunk_size
+        )
+
+    def extra_repr(self) -> str:
+        temperature = 1.0 / float(self.logit_scale.detach())
+        return (
+            f"temperature={temperature:.4g}, max_scale={self.max_scale:g}, "
+            f"chunk_size={self.chunk_size}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic paired data and retrieval
+# --------------------------------------------------------------------------------------------
+
+
+def paired_views(
+    n: int,
+    *,
+    latent_dim: int = 8,
+    dims: tuple[int, int] = (32, 24),
+    noise: float = 0.5,
+    n_latents: int | None = None,
+    mixing_seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Two "modalities" observed from a shared latent, for contrastive experiments.
+
+    Each pair shares a latent :math:`z \sim \mathcal N(0, I)`; the first view is
+    :math:`\tanh(z A) + \sigma\varepsilon_1`, the second :math:`z B + \sigma\varepsilon_2`
+    with fixed random maps ``A``, ``B`` (drawn from ``mixing_seed``, so that every call
+    produces the same two modalities) and independent noise. A good pair of encoders maps
+    both views of a pair close together and the other pairs away.
+
+    Args:
+        n: number of pairs.
+        latent_dim: dimension of the shared latent.
+        dims: dimensions of the two views.
+        noise: standard deviation :math:`\sigma \ge 0` of the view noise.
+        n_latents: if given, only this many distinct latents are drawn and the ``n`` pairs
+            pick among them at random: pairs with the same latent are near-duplicates.
+        mixing_seed: seed of the two fixed maps.
+        generator: draws the latents and the noise.
+
+    Returns:
+        ``(view_a, view_b, group)``: float32 tensors of shapes ``(n, dims[0])`` and
+        ``(n, dims[1])``, and ``group`` (long, shape ``(n,)``), the index of each pair's latent.
+    """
+    check_int(n, "n", minimum=1)
+    check_int(latent_dim, "latent_dim", minimum=1)
+    check_int(dims[0], "dims[0]", minimum=1)
+    check_int(dims[1], "dims[1]", minimum=1)
+    check_positive(noise, "noise", allow_zero=True)
+    mixing = torch.Generator().manual_seed(mixing_seed)
+    map_a = torch.randn(latent_dim, dims[0], generator=mixing) / math.sqrt(latent_dim)
+    map_b = torch.randn(latent_dim, dims[1], generator=mixing) / math.sqrt(latent_dim)
+    if n_latents is None:
+        latents = torch.randn(n, latent_dim, generator=generator)
+        group = torch.arange(n)
+    else:
+        check_int(n_latents, "n_latents", minimum=1)
+        distinct = torch.randn(n_latents, latent_dim, generator=generator)
+        group = torch.randint(n_latents, (n,), generator=generator)
+        latents = distinct[group]
+    view_a = torch.tanh(latents @ map_a) + noise * torch.randn(n, dims[0], generator=generator)
+    view_b = latents @ map_b + noise * torch.randn(n, dims[1], generator=generator)
+    return view_a, view_b, group
+
+
+def retrieval_accuracy(query: Tensor, keys: Tensor, group: Tensor | None = None) -> float:
+    """Top-1 retrieval accuracy: the fraction of queries whose most similar key is their own.
+
+    Similarity is the dot product (pass normalised features for the cosine). With ``group``,
+    retrieving any key of the same group (a duplicate) also counts as correct.
+
+    Args:
+        query, keys: shape ``(B, D)``; query ``i``'s match is key ``i``.
+        group: optional, shape ``(B,)``, integer group of each pair.
+    """
+    _check_pair(query, "query", keys, "keys")
+    best = (query @ keys.T).argmax(dim=1)
+    if group is None:
+        hits = best == torch.arange(query.shape[0], device=query.device)
+    else:
+        hits = group[best] == group
+    return float(hits.double().mean())

@@ -1,0 +1,450 @@
+"""companion.contrastive: references, derived gradients, the tiled CLIP loss, extremes, bad input.
+
+The two-process test of the distributed CLIP loss is in test_contrastive_distributed.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.losses import ContrastiveLoss as PMLContrastiveLoss
+from pytorch_metric_learning.losses import TripletMarginLoss as PMLTripletMarginLoss
+from pytorch_metric_learning.reducers import DoNothingReducer
+from torch import Tensor
+
+from companion import contrastive as C
+from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite
+
+F64 = torch.float64
+
+
+def unit(b: int, d: int, seed: int, dtype: torch.dtype = F64) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(b, d, generator=gen, dtype=F64), dim=1).to(dtype)
+
+
+def naive_clip(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
+    """The CLIP loss written as directly as possible: diagonal of two log-softmaxes."""
+    logits = scale * image @ text.T
+    rows = -torch.log_softmax(logits, dim=1).diagonal()
+    columns = -torch.log_softmax(logits, dim=0).diagonal()
+    return (rows.mean() + columns.mean()) / 2
+
+
+def values_and_grads(fn: Callable[..., Tensor], *inputs: Tensor) -> tuple[Tensor, ...]:
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    value = fn(*leaves)
+    return (value.detach(), *torch.autograd.grad(value, leaves))
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP: agreement, the tiled version, the derived gradient
+# --------------------------------------------------------------------------------------------
+
+
+@given(
+    b=st.integers(1, 12),
+    d=st.integers(1, 6),
+    scale=st.floats(0.01, 100.0),
+    seed=st.integers(0, 2**16),
+    chunk=st.one_of(st.none(), st.integers(1, 13)),
+)
+def test_clip_agrees_with_the_naive_reference(
+    b: int, d: int, scale: float, seed: int, chunk: int | None
+) -> None:
+    image, text = unit(b, d, seed), unit(b, d, seed + 1)
+    got = C.clip_loss(image, text, scale, chunk_size=chunk)
+    torch.testing.assert_close(got, naive_clip(image, text, scale), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("batch", "chunk"), [(37, 8), (10, 3), (5, 1), (7, 7), (6, 100), (1, 1)])
+def test_tiled_equals_full_values_and_gradients(batch: int, chunk: int) -> None:
+    image, text = unit(batch, 5, 0), unit(batch, 5, 1)
+    scale = torch.tensor(7.3, dtype=F64)
+    full = values_and_grads(lambda i, t, s: C.clip_loss(i, t, s), image, text, scale)
+    tiled = values_and_grads(lambda i, t, s: C.clip_loss(i, t, s, chunk), image, text, scale)
+    for name, f, t in zip(("loss", "d image", "d text", "d scale"), full, tiled, strict=True):
+        torch.testing.assert_close(t, f, rtol=1e-6, atol=1e-6, msg=name)
+        torch.testing.assert_close(t, f, rtol=1e-12, atol=1e-13, msg=name)  # in fact much closer
+
+
+def test_tiled_gradient_of_upstream_factor_and_partial_requires_grad() -> None:
+    image, text = unit(9, 4, 2), unit(9, 4, 3)
+    text_leaf = text.clone().requires_grad_(True)
+    loss = 3.5 * C.clip_loss(image, text_leaf, 4.0, chunk_size=4)  # only text needs a gradient
+    (got,) = torch.autograd.grad(loss, text_leaf)
+    text_ref = text.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(3.5 * naive_clip(image, text_ref, 4.0), text_ref)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_clip_gradient_equals_the_derived_formula() -> None:
+    # dL/dlogits = (softmax_rows + softmax_columns) / (2B) - I / B; logits = s I T^T
+    b, s = 11, 5.0
+    image, text = unit(b, 6, 4), unit(b, 6, 5)
+    _, d_image, d_text = values_and_grads(lambda i, t: C.clip_loss(i, t, s, 4), image, text)
+    logits = s * image @ text.T
+    g = (torch.softmax(logits, 1) + torch.softmax(logits, 0)) / (2 * b) - torch.eye(
+        b, dtype=F64
+    ) / b
+    torch.testing.assert_close(d_image, s * g @ text, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(d_text, s * g.T @ image, rtol=1e-12, atol=1e-14)
+    scale = torch.tensor(s, dtype=F64, requires_grad=True)
+    (d_scale,) = torch.autograd.grad(C.clip_loss(image, text, scale, 3), scale)
+    torch.testing.assert_close(d_scale, (g * (image @ text.T)).sum(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_clip_gradcheck(chunk: int | None) -> None:
+    image, text = unit(7, 3, 6), unit(7, 3, 7)
+    scale = torch.tensor(2.5, dtype=F64)
+    inputs = tuple(x.requires_grad_() for x in (image, text, scale))
+    assert torch.autograd.gradcheck(lambda i, t, s: C.clip_loss(i, t, s, chunk), inputs)
+
+
+def test_tiled_version_refuses_double_backward_loudly() -> None:
+    image = unit(5, 3, 8).requires_grad_()
+    (grad,) = torch.autograd.grad(
+        C.clip_loss(image, unit(5, 3, 9), 2.0, 2), image, create_graph=True
+    )
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
+        torch.autograd.grad(grad.sum(), image)
+
+
+def test_clip_is_symmetric_info_nce_and_does_not_normalise() -> None:
+    gen = torch.Generator().manual_seed(10)
+    image = torch.randn(8, 5, generator=gen, dtype=F64) * 3  # not unit vectors
+    text = torch.randn(8, 5, generator=gen, dtype=F64) * 0.5
+    s = 4.0
+    want = (C.info_nce_loss(image, text, 1 / s) + C.info_nce_loss(text, image, 1 / s)) / 2
+    for chunk in (None, 3):
+        got = C.clip_loss(image, text, s, chunk)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+        normalised = C.clip_loss(F.normalize(image, dim=1), F.normalize(text, dim=1), s, chunk)
+        assert not torch.isclose(got, normalised)  # the caller normalises, not the loss
+    # swapping the modalities transposes the matrix: the loss is unchanged
+    torch.testing.assert_close(C.clip_loss(text, image, s), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_clip_finite_at_extremes(dtype: torch.dtype, chunk: int | None) -> None:
+    # logits of size 1e4 (features of norm 100, scale 1) and the largest CLIP scale, 100
+    for norm, scale in ((100.0, 1.0), (1.0, 100.0)):
+        image = (unit(12, 4, 11) * norm).to(dtype).requires_grad_()
+        text = (unit(12, 4, 12) * norm).to(dtype).requires_grad_()
+        s = torch.tensor(scale, requires_grad=True)
+        loss = C.clip_loss(image, text, s, chunk)
+        grads = torch.autograd.grad(loss, (image, text, s))
+        assert loss.dtype == dtype
+        assert_finite(loss, *grads)
+        want = naive_clip(image.detach().double(), text.detach().double(), scale)
+        tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(loss.double(), want, rtol=tol, atol=tol * norm * scale)
+
+
+def test_clip_bfloat16_tiled_close_to_full() -> None:
+    image, text = unit(20, 8, 13, torch.bfloat16), unit(20, 8, 14, torch.bfloat16)
+    full = values_and_grads(lambda i, t: C.clip_loss(i, t, 10.0), image, text)
+    tiled = values_and_grads(lambda i, t: C.clip_loss(i, t, 10.0, 6), image, text)
+    for f, t in zip(full, tiled, strict=True):
+        assert t.dtype == torch.bfloat16
+        torch.testing.assert_close(t.float(), f.float(), rtol=3e-2, atol=3e-3)
+
+
+def test_clip_loss_module_temperature() -> None:
+    module = C.ClipLoss()
+    torch.testing.assert_close(module.logit_scale, torch.tensor(1 / 0.07))
+    assert module.log_scale.requires_grad
+    image, text = unit(6, 3, 15, torch.float32), unit(6, 3, 16, torch.float32)
+    loss = module(image, text)
+    torch.testing.assert_close(loss, C.clip_loss(image, text, 1 / 0.07))
+    loss.backward()
+    assert module.log_scale.grad is not None and module.log_scale.grad != 0
+    # above the clamp the scale is 100 and the temperature gets no gradient
+    with torch.no_grad():
+        module.log_scale.fill_(math.log(250.0))
+    module.zero_grad()
+    module(image, text).backward()
+    assert float(module.logit_scale.detach()) == 100.0
+    assert module.log_scale.grad == 0
+    fixed = C.ClipLoss(temperature=0.5, learn_temperature=False, chunk_size=4)
+    assert not fixed.log_scale.requires_grad
+    assert "chunk_size=4" in repr(fixed) and "temperature=0.5" in repr(fixed)
+    torch.testing.assert_close(fixed(image, text), C.clip_loss(image, text, 2.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Soft targets
+# --------------------------------------------------------------------------------------------
+
+
+def test_soft_target_clip_matches_its_formula_and_detaches_targets() -> None:
+    image, text = unit(7, 4, 17), unit(7, 4, 18)
+    s, t = 6.0, 3.0
+
+    def explicit(i: Tensor, x: Tensor) -> Tensor:
+        q = torch.softmax(t * (i @ i.T + x @ x.T).detach() / 2, dim=1)
+        logits = s * i @ x.T
+        rows = -(q * torch.log_softmax(logits, dim=1)).sum(1).mean()
+        cols = -(q * torch.log_softmax(logits.T, dim=1)).sum(1).mean()
+        return (rows + cols) / 2
+
+    got = values_and_grads(lambda i, x: C.soft_target_clip_loss(i, x, s, t), image, text)
+    want = values_and_grads(explicit, image, text)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_soft_targets_tend_to_the_hard_loss() -> None:
+    image, text = unit(9, 6, 19), unit(9, 6, 20)
+    sharp = C.soft_target_clip_loss(image, text, 5.0, target_scale=1e4)
+    torch.testing.assert_close(sharp, C.clip_loss(image, text, 5.0), rtol=1e-10, atol=1e-12)
+    # by default the targets use the logit scale: not the hard loss
+    assert not torch.isclose(C.soft_target_clip_loss(image, text, 5.0), sharp)
+
+
+def test_soft_targets_stop_pushing_near_duplicates_apart() -> None:
+    # well-aligned pairs, but pair 1 is a near-duplicate of pair 0
+    gen = torch.Generator().manual_seed(21)
+    image = F.normalize(torch.randn(6, 5, generator=gen, dtype=F64), dim=1)
+    image[1] = F.normalize(image[0] + 0.05 * torch.randn(5, generator=gen, dtype=F64), dim=0)
+    text = F.normalize(image + 0.02 * torch.randn(6, 5, generator=gen, dtype=F64), dim=1)
+    hard = values_and_grads(lambda i, t: C.clip_loss(i, t, 20.0), image, text)
+    soft = values_and_grads(lambda i, t: C.soft_target_clip_loss(i, t, 20.0), image, text)
+    # the hard loss pays about log 2 on the two duplicate rows and columns, and its gradient
+    # drives the duplicates apart; the soft targets share the credit, so the push nearly vanishes
+    assert hard[0] > (4 / 12) * math.log(2) * 0.8
+    assert soft[1][:2].norm() < 0.3 * hard[1][:2].norm()
+    assert soft[2][:2].norm() < 0.3 * hard[2][:2].norm()
+
+
+# --------------------------------------------------------------------------------------------
+# InfoNCE, contrastive, triplet
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_info_nce_is_cross_entropy_over_the_keys(reduction: str) -> None:
+    q, k = unit(9, 4, 22), unit(9, 4, 23)
+    want = F.cross_entropy(q @ k.T / 0.1, torch.arange(9), reduction=reduction)
+    torch.testing.assert_close(C.info_nce_loss(q, k, 0.1, reduction), want, rtol=1e-12, atol=0)
+    per_query = torch.logsumexp(q @ k.T / 0.1, dim=1) - (q * k).sum(1) / 0.1
+    assert C.info_nce_loss(q, k, 0.1, "none").shape == (9,)
+    torch.testing.assert_close(C.info_nce_loss(q, k, 0.1, "none"), per_query)
+
+
+def naive_contrastive(x1: Tensor, x2: Tensor, same: Tensor, margin: float) -> Tensor:
+    d = ((x1 - x2) ** 2).sum(1).sqrt()
+    return torch.where(same.bool(), d**2 / 2, torch.clamp(margin - d, min=0) ** 2 / 2)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@given(seed=st.integers(0, 2**16), margin=st.floats(0.1, 5.0))
+def test_contrastive_agrees_with_formula_and_pml(reduction: str, seed: int, margin: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x1, x2 = torch.randn(2, 10, 3, generator=gen, dtype=F64)
+    same = torch.rand(10, generator=gen) < 0.5
+    got = C.contrastive_loss(x1, x2, same, margin, reduction)
+    per_pair = naive_contrastive(x1, x2, same, margin)
+    want = {"none": per_pair, "mean": per_pair.mean(), "sum": per_pair.sum()}[reduction]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # pytorch-metric-learning's ContrastiveLoss is the unsquared form: relu(d), relu(m - d)
+    pml = PMLContrastiveLoss(
+        pos_margin=0.0,
+        neg_margin=margin,
+        distance=LpDistance(normalize_embeddings=False),
+        reducer=DoNothingReducer(),
+    )
+    idx = torch.arange(10)
+    out: Any = pml(
+        torch.cat([x1, x2]), indices_tuple=(idx[same], idx[same] + 10, idx[~same], idx[~same] + 10)
+    )
+    per_pair_pml = torch.zeros(10, dtype=F64)
+    if same.any():
+        per_pair_pml[same] = out["pos_loss"]["losses"] ** 2 / 2
+    if (~same).any():
+        per_pair_pml[~same] = out["neg_loss"]["losses"] ** 2 / 2
+    torch.testing.assert_close(C.contrastive_loss(x1, x2, same, margin, "none"), per_pair_pml)
+
+
+def test_contrastive_gradient_equals_the_derived_formula() -> None:
+    gen = torch.Generator().manual_seed(24)
+    x1, x2 = torch.randn(2, 12, 3, generator=gen, dtype=F64)
+    same = torch.arange(12) % 2 == 0
+    m = 2.0
+    _, g1, g2 = values_and_grads(lambda a, b: C.contrastive_loss(a, b, same, m, "sum"), x1, x2)
+    diff = x1 - x2
+    d = diff.norm(dim=1, keepdim=True)
+    want = torch.where(same[:, None], diff, -torch.clamp(m - d, min=0) * diff / d)
+    torch.testing.assert_close(g1, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g2, -want, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(
+        lambda a, b: C.contrastive_loss(a, b, same, m),
+        (x1.requires_grad_(), x2.requires_grad_()),
+    )
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_contrastive_finite_at_zero_distance_and_extremes(dtype: torch.dtype) -> None:
+    x1 = torch.tensor([[0.0, 0.0], [1e4, -1e4], [1.0, 2.0]], dtype=dtype, requires_grad=True)
+    x2 = torch.tensor([[0.0, 0.0], [-1e4, 1e4], [1.0, 2.0]], dtype=dtype, requires_grad=True)
+    same = torch.tensor([False, False, True])  # identical negatives: the norm is 0
+    loss = C.contrastive_loss(x1, x2, same, margin=1.0)
+    assert_finite(loss, *torch.autograd.grad(loss, (x1, x2)))
+    torch.testing.assert_close(loss.float(), torch.tensor(1 / 6), rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_triplet_agrees_with_torch_and_pml(reduction: str) -> None:
+    gen = torch.Generator().manual_seed(25)
+    a, p, n = torch.randn(3, 16, 4, generator=gen, dtype=F64)
+    got = C.triplet_loss(a, p, n, 1.0, reduction)
+    # torch adds eps = 1e-6 inside the distance; the difference is of that order
+    want = F.triplet_margin_loss(a, p, n, margin=1.0, reduction=reduction)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * (16 if reduction == "sum" else 1))
+    pml = PMLTripletMarginLoss(
+        margin=1.0, distance=LpDistance(normalize_embeddings=False), reducer=DoNothingReducer()
+    )
+    idx = torch.arange(16)
+    out: Any = pml(torch.cat([a, p, n]), indices_tuple=(idx, idx + 16, idx + 32))
+    torch.testing.assert_close(C.triplet_loss(a, p, n, 1.0, "none"), out["loss"]["losses"])
+    squared = C.triplet_loss(a, p, n, 0.2, "none", squared=True)
+    naive = ((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + 0.2
+    torch.testing.assert_close(squared, naive.clamp(min=0))
+
+
+def test_triplet_gradient_and_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(26)
+    a, p, n = torch.randn(3, 10, 3, generator=gen, dtype=F64)
+    _, ga, gp, gn = values_and_grads(lambda x, y, z: C.triplet_loss(x, y, z, 2.0, "sum"), a, p, n)
+    dp, dn = (a - p).norm(dim=1, keepdim=True), (a - n).norm(dim=1, keepdim=True)
+    active = (dp - dn + 2.0 > 0).double()
+    assert 0 < active.sum() < 10  # some triplets active, some not: both branches checked
+    torch.testing.assert_close(ga, active * ((a - p) / dp - (a - n) / dn), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gp, -active * (a - p) / dp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gn, active * (a - n) / dn, rtol=1e-12, atol=1e-14)
+    inputs = tuple(x.requires_grad_() for x in (a, p, n))
+    assert torch.autograd.gradcheck(lambda x, y, z: C.triplet_loss(x, y, z, 2.0), inputs)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_triplet_and_info_nce_finite_at_extremes(dtype: torch.dtype) -> None:
+    big = torch.tensor([[1e4, -1e4], [-1e4, 1e4], [0.0, 0.0]], dtype=dtype)
+    a, p, n = (big.roll(k, 0).clone().requires_grad_() for k in range(3))
+    loss = C.triplet_loss(a, p, n) + C.info_nce_loss(a, p, temperature=1.0)
+    assert_finite(loss, *torch.autograd.grad(loss, (a, p, n)))
+
+
+# --------------------------------------------------------------------------------------------
+# Data and retrieval
+# --------------------------------------------------------------------------------------------
+
+
+def test_paired_views_and_retrieval() -> None:
+    a, b, group = C.paired_views(50, dims=(7, 5), generator=torch.Generator().manual_seed(0))
+    assert a.shape == (50, 7) and b.shape == (50, 5) and a.dtype == torch.float32
+    assert group.tolist() == list(range(50))
+    a2, b2, _ = C.paired_views(50, dims=(7, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+    # the modalities (fixed maps) do not depend on the data generator
+    clean1, _, _ = C.paired_views(3, noise=0.0, generator=torch.Generator().manual_seed(1))
+    clean2, _, _ = C.paired_views(3, noise=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(clean1, clean2)
+    _, _, groups = C.paired_views(40, n_latents=5, generator=torch.Generator().manual_seed(2))
+    assert groups.max() < 5 and len(groups.unique()) > 1
+    x = unit(6, 3, 27, torch.float32)
+    assert C.retrieval_accuracy(x, x) == 1.0
+    assert C.retrieval_accuracy(x, x.roll(1, 0)) == 0.0
+    assert C.retrieval_accuracy(x, x.roll(1, 0), group=torch.zeros(6, dtype=torch.long)) == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+GOOD = unit(4, 3, 28)
+BAD_CLIP: list[tuple[dict[str, Any], type[Exception], str]] = [
+    ({"text_features": unit(5, 3, 0)}, ValueError, r"same batch size .* 4 .* 5"),
+    (
+        {"text_features": unit(4, 2, 0)},
+        ValueError,
+        r"text_features must have the same shape .*\(4, 3\), got \(4, 2\)",
+    ),
+    ({"image_features": GOOD[0]}, ValueError, r"image_features must have 2 dimension\(s\), got 1"),
+    (
+        {"image_features": GOOD[:0], "text_features": GOOD[:0]},
+        ValueError,
+        r"image_features must not be empty",
+    ),
+    ({"image_features": GOOD.long()}, TypeError, r"image_features must be a floating-point tensor"),
+    ({"text_features": GOOD.float()}, TypeError, r"text_features must have the same dtype"),
+    (
+        {"image_features": GOOD.clone().fill_(math.inf)},
+        ValueError,
+        r"image_features must be finite",
+    ),
+    ({"logit_scale": 0.0}, ValueError, r"logit_scale must be a finite positive number, got 0.0"),
+    ({"logit_scale": -2.0}, ValueError, r"logit_scale must be a finite positive number, got -2.0"),
+    ({"logit_scale": torch.tensor(-1.0)}, ValueError, r"logit_scale must be a finite positive"),
+    ({"logit_scale": math.nan}, ValueError, r"logit_scale must be a finite positive number"),
+    (
+        {"logit_scale": torch.ones(2)},
+        ValueError,
+        r"logit_scale must be a scalar .* got shape \(2,\)",
+    ),
+    ({"logit_scale": "10"}, TypeError, r"logit_scale must be a float or a scalar tensor, got str"),
+    ({"chunk_size": 0}, ValueError, r"chunk_size must be at least 1, got 0"),
+    ({"chunk_size": 2.0}, TypeError, r"chunk_size must be an int, got float"),
+]
+
+
+BAD_CLIP_CASES = [(C.clip_loss, *case) for case in BAD_CLIP] + [
+    (C.soft_target_clip_loss, *case) for case in BAD_CLIP if "chunk_size" not in case[0]
+]
+
+
+@pytest.mark.parametrize(("fn", "change", "error", "match"), BAD_CLIP_CASES)
+def test_clip_bad_input(
+    fn: Callable[..., Tensor], change: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    kwargs: dict[str, Any] = {
+        "image_features": GOOD,
+        "text_features": unit(4, 3, 29),
+        "logit_scale": 10.0,
+    }
+    kwargs.update(change)
+    with pytest.raises(error, match=match):
+        fn(**kwargs)
+
+
+def test_other_bad_input() -> None:
+    x = unit(4, 3, 30)
+    with pytest.raises(ValueError, match=r"same must hold only 0 and 1"):
+        C.contrastive_loss(x, x, torch.tensor([0.0, 1.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match=r"same must have shape \(4,\), got \(3,\)"):
+        C.contrastive_loss(x, x, torch.ones(3))
+    with pytest.raises(TypeError, match=r"same must be a torch.Tensor, got list"):
+        C.contrastive_loss(x, x, [1, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"margin must be a finite positive number, got -1.0"):
+        C.triplet_loss(x, x, x, margin=-1.0)
+    with pytest.raises(ValueError, match=r"negative must have the same shape"):
+        C.triplet_loss(x, x, unit(4, 2, 0))
+    with pytest.raises(ValueError, match=r"temperature must be a finite positive number, got 0.0"):
+        C.info_nce_loss(x, x, temperature=0.0)
+    with pytest.raises(ValueError, match=r"reduction must be one of"):
+        C.info_nce_loss(x, x, reduction="avg")
+    with pytest.raises(ValueError, match=r"target_scale must be a finite positive number"):
+        C.soft_target_clip_loss(x, x, 1.0, target_scale=0.0)
+    with pytest.raises(ValueError, match=r"temperature must be a finite positive number"):
+        C.ClipLoss(temperature=0.0)
+    with pytest.raises(ValueError, match=r"n_latents must be at least 1"):
+        C.paired_views(4, n_latents=0)

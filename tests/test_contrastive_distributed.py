@@ -1,0 +1,121 @@
+"""companion.contrastive.clip_loss across two real processes (gloo on the CPU).
+
+Two processes, each with part of a batch of 8 pairs, train the same small model wrapped in
+DistributedDataParallel. The average of the losses they return must equal the loss of one
+process holding all 8 pairs, and every parameter's gradient after DDP's averaging (the
+encoders' and the learnable temperature's) must equal the single-process gradient: with the
+full matrix and the tiled one, with equal and unequal local batch sizes.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from companion.contrastive import ClipLoss
+
+BATCH = 8
+# name -> (local batch size of rank 0 and rank 1, chunk_size)
+CASES: dict[str, tuple[tuple[int, int], int | None]] = {
+    "equal halves, full matrix": ((4, 4), None),
+    "equal halves, tiles of 3": ((4, 4), 3),
+    "5 + 3, tiles of 2": ((5, 3), 2),
+    "6 + 2, full matrix": ((6, 2), None),
+}
+
+
+class PairEncoder(nn.Module):
+    """Two linear encoders, unit-normalised outputs, and a CLIP loss with its temperature."""
+
+    def __init__(self, chunk_size: int | None) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # the same initial weights in every process
+        self.image = nn.Linear(6, 4, dtype=torch.float64)
+        self.text = nn.Linear(5, 4, dtype=torch.float64)
+        self.loss = ClipLoss(temperature=0.2, chunk_size=chunk_size).double()
+
+    def forward(self, images: Tensor, texts: Tensor) -> Tensor:
+        image_features = F.normalize(self.image(images), dim=1)
+        text_features = F.normalize(self.text(texts), dim=1)
+        return self.loss(image_features, text_features)
+
+
+def paired_batch() -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(BATCH, 6, generator=gen, dtype=torch.float64)
+    texts = torch.randn(BATCH, 5, generator=gen, dtype=torch.float64)
+    return images, texts
+
+
+def gradients(model: nn.Module) -> dict[str, Tensor]:
+    return {
+        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
+    }
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        images, texts = paired_batch()
+        results = {}
+        for name, (sizes, chunk) in CASES.items():
+            model = PairEncoder(chunk)
+            ddp = DistributedDataParallel(model)
+            start = sum(sizes[:rank])
+            stop = start + sizes[rank]
+            loss = ddp(images[start:stop], texts[start:stop])
+            loss.backward()
+            results[name] = (loss.detach(), gradients(model))
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    world = 2
+    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    images, texts = paired_batch()
+    for name, (_, chunk) in CASES.items():
+        single = PairEncoder(chunk)
+        loss = single(images, texts)
+        loss.backward()
+        want = gradients(single)
+        assert set(want) == {
+            "image.weight",
+            "image.bias",
+            "text.weight",
+            "text.bias",
+            "loss.log_scale",
+        }
+        returned = torch.stack([ranks[r][name][0] for r in range(world)])
+        torch.testing.assert_close(returned.mean(), loss.detach(), rtol=1e-12, atol=1e-12, msg=name)
+        for r in range(world):
+            got = ranks[r][name][1]
+            assert set(got) == set(want), name
+            for param, grad in want.items():
+                torch.testing.assert_close(
+                    got[param], grad, rtol=1e-10, atol=1e-12, msg=f"{name}, rank {r}, {param}"
+                )
