@@ -10,4 +10,8 @@ Shared helpers: :mod:`companion.data` (seeding and data generators), :mod:`compa
 (the book's figure style) and :mod:`companion.train` (a small training loop).
 """
 
+from companion._validate import set_value_checks, value_checks, value_checks_enabled
+
 __version__ = "0.1.0"
+
+__all__ = ["set_value_checks", "value_checks", "value_checks_enabled"]

@@ -11,11 +11,27 @@ Conventions:
 * Messages start with the argument's name: ``"target must have shape (8,), got (7,)"``.
 * Checks never copy or modify their input; those that return something return it unchanged,
   so they can be used inline.
+
+Two kinds of check:
+
+* *Metadata* checks (type, ndim, shape, dtype, device, integer targets, hyper-parameters, the
+  reduction string) read only what the tensor's header says. They cost nothing and are always
+  on.
+* *Value* checks (NaN or infinite entries, class indices in range, probabilities that sum to
+  1) must read the tensor's data, which on an accelerator means waiting for the device (a host
+  sync) and which ``torch.compile`` cannot trace. They run only while
+  :func:`value_checks_enabled` is true: by default yes, so a learner gets a clear error; a
+  training loop turns them off with :func:`set_value_checks` or the :class:`value_checks`
+  context manager, and they are skipped automatically while ``torch.compile`` traces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -23,6 +39,62 @@ from torch import Tensor
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+
+class _ValueCheckState(threading.local):
+    enabled: bool = True
+
+
+_VALUE_CHECKS = _ValueCheckState()
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values run now.
+
+    True unless they were turned off with :func:`set_value_checks` / :class:`value_checks`, and
+    always False while ``torch.compile`` traces (a traced graph cannot branch on data).
+    """
+    return _VALUE_CHECKS.enabled and not torch.compiler.is_compiling()
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the checks that read tensor values (NaN, infinities, target ranges) on or off.
+
+    In the spirit of :func:`torch.autograd.set_detect_anomaly`: on by default, so a wrong input
+    gets a clear error naming the argument; off in a hot training loop, where each such check
+    would wait for the device (a host sync). Metadata checks (shapes, dtypes, devices,
+    hyper-parameters) stay on either way. The setting is per thread.
+
+    Examples:
+        >>> import torch, companion
+        >>> companion.set_value_checks(False)
+        >>> companion.value_checks_enabled()
+        False
+        >>> companion.set_value_checks(True)
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _VALUE_CHECKS.enabled = enabled
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Context manager: value checks on or off inside the block, restored after it.
+
+    Examples:
+        >>> import torch, companion
+        >>> with companion.value_checks(False):
+        ...     companion.value_checks_enabled()
+        False
+        >>> companion.value_checks_enabled()
+        True
+    """
+    previous = _VALUE_CHECKS.enabled
+    set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.enabled = previous
 
 
 def _shape(x: Tensor) -> tuple[int, ...]:
@@ -65,14 +137,19 @@ def check_tensor(
             )
     if not allow_empty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {_shape(x)}")
-    if not allow_nan and x.is_floating_point() and bool(torch.isnan(x).any()):
+    if (
+        not allow_nan
+        and x.is_floating_point()
+        and value_checks_enabled()
+        and bool(torch.isnan(x).any())
+    ):
         raise ValueError(f"{name} contains NaN")
     return x
 
 
 def check_finite(x: Tensor, name: str) -> Tensor:
-    """Reject NaN and +-inf in ``x``."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    """Reject NaN and +-inf in ``x`` (a value check: skipped when value checks are off)."""
+    if x.is_floating_point() and value_checks_enabled() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite, got NaN or infinite entries")
     return x
 
@@ -114,10 +191,18 @@ def check_same_dtype_device(a: Tensor, name_a: str, b: Tensor, name_b: str) -> N
         )
 
 
+#: Integer dtypes accepted as class indices. uint8 and bool are refused: torch reads them as
+#: masks when they index a tensor, so ``x[target]`` would select rows instead of classes.
+CLASS_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
 def check_class_index(
     target: object, name: str, num_classes: int, *, batch_shape: Sequence[int] | None = None
 ) -> Tensor:
-    """Check integer class indices in ``[0, num_classes)``.
+    """Check integer class indices in ``[0, num_classes)`` and return them as ``torch.long``.
+
+    The dtype must be int64 or int32 (int32 is converted, since torch's losses and indexing
+    want int64); the range is a value check (see :func:`value_checks_enabled`).
 
     Args:
         target: the class indices.
@@ -129,39 +214,52 @@ def check_class_index(
         raise TypeError(
             f"{name} must be a torch.Tensor of class indices, got {type(target).__name__}"
         )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+    if target.dtype not in CLASS_INDEX_DTYPES:
+        hint = (
+            "; uint8 and bool tensors index as masks, convert with .long() if they hold indices"
+            if target.dtype in (torch.uint8, torch.bool)
+            else ""
+        )
         raise TypeError(
-            f"{name} must hold integer class indices (torch.long), got dtype {target.dtype}"
+            f"{name} must hold integer class indices (torch.int64 or torch.int32), "
+            f"got dtype {target.dtype}{hint}"
         )
     if batch_shape is not None:
         check_shape(target, name, batch_shape)
     if target.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {_shape(target)}")
-    lo, hi = int(target.min()), int(target.max())
-    if lo < 0 or hi >= num_classes:
-        bad = lo if lo < 0 else hi
-        raise ValueError(
-            f"{name} must hold class indices in [0, {num_classes - 1}] for {num_classes} classes, "
-            f"got {bad}"
-        )
-    return target
+    if value_checks_enabled():
+        lo, hi = (int(v) for v in torch.aminmax(target))
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{name} must hold class indices in [0, {num_classes - 1}] for {num_classes} "
+                f"classes, got {bad}"
+            )
+    return target.long()
 
 
 def check_in_range(
     x: Tensor, name: str, low: float, high: float, *, what: str = "values"
 ) -> Tensor:
-    """Require every entry of ``x`` to lie in the closed interval ``[low, high]``."""
-    if x.numel() and (bool((x < low).any()) or bool((x > high).any())):
-        raise ValueError(
-            f"{name} must hold {what} in [{low}, {high}], "
-            f"got min {float(x.min()):.6g} and max {float(x.max()):.6g}"
-        )
+    """Require every entry of ``x`` to lie in ``[low, high]`` (a value check).
+
+    The message quotes the first offending entry with all its digits (``1.0000001192092896``,
+    not a rounded ``1``), so the reader sees why it was refused.
+    """
+    if x.numel() and value_checks_enabled():
+        bad = (x < low) | (x > high) | torch.isnan(x)
+        if bool(bad.any()):
+            first = float(x[bad].flatten()[0])
+            raise ValueError(f"{name} must hold {what} in [{low}, {high}], got {first!r}")
     return x
 
 
 def check_probabilities(p: Tensor, name: str, *, dim: int = -1, atol: float = 1e-4) -> Tensor:
     """Require ``p`` to hold probability vectors along ``dim``: entries in [0, 1], sum 1."""
     check_in_range(p, name, 0.0, 1.0, what="probabilities")
+    if not value_checks_enabled():
+        return p
     sums = p.sum(dim=dim, dtype=torch.float64)
     worst = float((sums - 1.0).abs().max()) if sums.numel() else 0.0
     if worst > atol:
@@ -172,13 +270,34 @@ def check_probabilities(p: Tensor, name: str, *, dim: int = -1, atol: float = 1e
     return p
 
 
-def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
-    """Require a finite positive (or non-negative) Python or 0-d tensor scalar."""
-    v = float(value)
-    ok = v >= 0 if allow_zero else v > 0
-    if not ok or v != v or v in (float("inf"), float("-inf")):
-        want = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a finite {want} number, got {v}")
+def check_real(value: object, name: str, *, what: str = "finite number") -> float:
+    """Require a finite real Python number (int or float, not bool or str); return it as float.
+
+    A one-element tensor is accepted too, but reading it is a host sync: pass Python numbers
+    in a training loop.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must be a real number, got a tensor of shape "
+                f"{_shape(value)} and dtype {value.dtype}"
+            )
+        v = float(value)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    else:
+        v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a {what}, got {v}")
+    return v
+
+
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
+    """Require a finite positive (or non-negative) real number; return it as float."""
+    want = "finite non-negative number" if allow_zero else "finite positive number"
+    v = check_real(value, name, what=want)
+    if not (v >= 0 if allow_zero else v > 0):
+        raise ValueError(f"{name} must be a {want}, got {v}")
     return v
 
 
@@ -199,11 +318,15 @@ def check_reduction(reduction: str) -> str:
 
 
 def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> Tensor:
-    """Apply ``reduction`` to an unreduced loss, as torch.nn.functional does.
+    """Apply ``reduction`` to an unreduced loss: the one reduction rule of the package.
 
-    With ``weight`` (one weight per element of ``loss``) and ``reduction="mean"``, the result
-    is the weighted average ``sum(w * l) / sum(w)``, which is how ``F.cross_entropy`` and
-    ``F.nll_loss`` average class-weighted losses. Without weights, ``"mean"`` is the plain mean.
+    As in torch.nn.functional: ``"none"`` returns the per-element loss, ``"sum"`` its sum,
+    ``"mean"`` its mean. With ``weight`` (broadcastable to ``loss``) the loss is multiplied by
+    it first and ``"mean"`` is the weighted average ``sum(w * l) / sum(w)``, which is how
+    ``F.cross_entropy`` and ``F.nll_loss`` average class-weighted losses.
+
+    Weights that are all zero leave that average undefined: with value checks on it raises
+    ``ValueError``; with them off the result is NaN (0 / 0), as in torch.
     """
     check_reduction(reduction)
     if weight is not None:
@@ -213,5 +336,10 @@ def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> T
     if reduction == "sum":
         return loss.sum()
     if weight is not None:
-        return loss.sum() / weight.sum()
+        total = weight.expand_as(loss).sum() if weight.shape != loss.shape else weight.sum()
+        if value_checks_enabled() and bool(total == 0):
+            raise ValueError(
+                "weight must not be all zero with reduction='mean': the weighted mean is 0 / 0"
+            )
+        return loss.sum() / total
     return loss.mean()
