@@ -32,7 +32,7 @@ import numbers
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -310,11 +310,11 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     return value
 
 
-def check_reduction(reduction: str) -> str:
+def check_reduction(reduction: object) -> Reduction:
     """Require one of ``"none"``, ``"mean"``, ``"sum"``."""
-    if reduction not in REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
+    return cast(Reduction, reduction)
 
 
 def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> Tensor:

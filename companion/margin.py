@@ -42,23 +42,28 @@ device only.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._numerics import compute_dtype, normalize
 from companion._validate import (
     Reduction,
     check_batch_size,
     check_class_index,
     check_finite,
+    check_in_range,
     check_int,
+    check_positive,
+    check_real,
     check_reduction,
     check_same_dtype_device,
     check_shape,
     check_tensor,
+    value_checks_enabled,
 )
 
 __all__ = [
@@ -90,51 +95,39 @@ COSINE_TOLERANCE = 1e-2
 # --------------------------------------------------------------------------------------------
 
 
-def _check_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
 def _check_multiplicative_margin(margin: object) -> float:
-    m = _check_real(margin, "margin")
+    m = check_real(margin, "margin")
     if m < 1:
         raise ValueError(f"margin must be at least 1 (1 is plain softmax), got {m}")
     return m
 
 
 def _check_additive_angular_margin(margin: object) -> float:
-    m = _check_real(margin, "margin")
+    m = check_real(margin, "margin")
     if not 0 <= m < math.pi:
         raise ValueError(f"margin must be an angle in radians in [0, pi), got {m}")
     return m
 
 
-def _check_non_negative(value: object, name: str) -> float:
-    v = _check_real(value, name)
-    if v < 0:
-        raise ValueError(f"{name} must be non-negative, got {v}")
-    return v
-
-
-def _check_scale(scale: object) -> float:
-    s = _check_real(scale, "scale")
-    if s <= 0:
-        raise ValueError(f"scale must be positive, got {s}")
-    return s
+def _check_lambda(lambda_: object) -> float | Tensor:
+    """A Python number >= 0, or a 0-d floating tensor (a module's schedule, read without a sync)."""
+    if isinstance(lambda_, Tensor):
+        check_tensor(lambda_, "lambda_", ndim=0)
+        if value_checks_enabled() and bool(lambda_ < 0):
+            raise ValueError("lambda_ must be non-negative")
+        return lambda_
+    return check_positive(lambda_, "lambda_", allow_zero=True)
 
 
 def _check_cosine(cosine: object, name: str, *, ndim: int | None = None) -> Tensor:
     x = check_tensor(cosine, name, ndim=ndim, allow_empty=ndim is None)
-    if x.numel():
-        lo, hi = torch.aminmax(x.detach())
-        if float(lo) < -1 - COSINE_TOLERANCE or float(hi) > 1 + COSINE_TOLERANCE:
+    if x.numel() and value_checks_enabled():
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if lo < -1 - COSINE_TOLERANCE or hi > 1 + COSINE_TOLERANCE:
+            bad = lo if lo < -1 - COSINE_TOLERANCE else hi
             raise ValueError(
-                f"{name} must hold cosines in [-1, 1], got min {float(lo):.6g} and max "
-                f"{float(hi):.6g}; pass normalised features and weights (or use the module)"
+                f"{name} must hold cosines in [-1, 1], got {bad!r}; pass normalised features "
+                "and weights (or use the module)"
             )
     return x
 
@@ -144,13 +137,8 @@ def _check_class_target(target: object, logits: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# elementwise pieces
+# elementwise pieces: the target-logit transforms
 # --------------------------------------------------------------------------------------------
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the per-sample margin arithmetic runs in: at least float32."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def _sine_from_cosine(c: Tensor) -> Tensor:
@@ -189,7 +177,11 @@ def _psi(c: Tensor, m: float) -> Tensor:
     theta = torch.atan2(_sine_from_cosine(c), c)
     k = torch.floor(theta * (m / math.pi)).clamp(0, math.ceil(m) - 1).detach()
     sign = 1 - 2 * torch.remainder(k, 2)
-    return sign * torch.cos(m * theta) - 2 * k
+    psi = sign * torch.cos(m * theta) - 2 * k
+    # At c = 1 the angle's derivative is bypassed (it is infinite), which would make the
+    # derivative of psi 0; its true limit is m^2 (cos(m arccos c) ~ 1 - m^2 (1 - c)), so use
+    # that first-order expansion at c = 1 exactly: value 1, derivative m^2.
+    return torch.where(c == 1, 1 - m * m * (1 - c), psi)
 
 
 def _arc(c: Tensor, m: float) -> Tensor:
@@ -212,9 +204,10 @@ def multiplicative_angular_margin(cosine: Tensor, margin: float = 4) -> Tensor:
     continuous and strictly decreasing on :math:`[0, \pi]`, from 1 down to
     :math:`\psi_m(\pi)` (:math:`1 - 2m` for an integer :math:`m`). For an integer margin it is
     a piecewise polynomial of :math:`\cos\theta` (no ``acos``), with finite derivative at
-    :math:`\pm 1`; for a non-integer margin the angle is computed with ``atan2`` and the
-    derivative with respect to :math:`\cos\theta` diverges as :math:`\theta \to \pi` (it is
-    replaced by 0 at :math:`\cos\theta = -1` exactly).
+    :math:`\pm 1`; for a non-integer margin the angle is computed with ``atan2``: at
+    :math:`\cos\theta = 1` the derivative is its limit :math:`m^2`, and as
+    :math:`\theta \to \pi` it diverges (it is replaced by 0 at :math:`\cos\theta = -1`
+    exactly).
 
     Args:
         cosine: floating tensor of any shape, values in :math:`[-1, 1]` (rounding up to
@@ -228,8 +221,7 @@ def multiplicative_angular_margin(cosine: Tensor, margin: float = 4) -> Tensor:
     """
     c = _check_cosine(cosine, "cosine")
     m = _check_multiplicative_margin(margin)
-    work = _work_dtype(c.dtype)
-    return _psi(c.to(work).clamp(-1, 1), m).to(c.dtype)
+    return _psi(c.to(compute_dtype(c.dtype)).clamp(-1, 1), m).to(c.dtype)
 
 
 def additive_angular_margin(cosine: Tensor, margin: float = 0.5) -> Tensor:
@@ -258,8 +250,7 @@ def additive_angular_margin(cosine: Tensor, margin: float = 0.5) -> Tensor:
     """
     c = _check_cosine(cosine, "cosine")
     m = _check_additive_angular_margin(margin)
-    work = _work_dtype(c.dtype)
-    return _arc(c.to(work).clamp(-1, 1), m).to(c.dtype)
+    return _arc(c.to(compute_dtype(c.dtype)).clamp(-1, 1), m).to(c.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,31 +259,41 @@ def additive_angular_margin(cosine: Tensor, margin: float = 0.5) -> Tensor:
 
 
 def _cross_entropy(logits: Tensor, target: Tensor, reduction: str) -> Tensor:
-    if logits.dtype in (torch.bfloat16, torch.float16):
-        return F.cross_entropy(logits.float(), target, reduction=reduction).to(logits.dtype)
+    work = compute_dtype(logits.dtype)
+    if work != logits.dtype:
+        return F.cross_entropy(logits.to(work), target, reduction=reduction).to(logits.dtype)
     return F.cross_entropy(logits, target, reduction=reduction)
 
 
-def _multiplicative_core(
+def _margin_cross_entropy(
     logits: Tensor,
     target: Tensor,
-    target_norm: Tensor,
-    margin: float,
-    lambda_: float,
+    norm: Tensor | float,
+    transform: Callable[[Tensor], Tensor],
     reduction: str,
     *,
     inplace: bool,
 ) -> Tensor:
-    """Replace each target logit n c by n (ψ(c) + λ c) / (1 + λ), n = target_norm; then CE."""
+    r"""The one code path of every margin head.
+
+    ``logits[i, j]`` is :math:`n_i \cos\theta_{ij}` (:math:`n_i` = ``norm``: a product of norms,
+    a feature norm, or the scale :math:`s`). Only the target column changes: its cosine
+    :math:`c_i = \cos\theta_{iy_i}` is recovered, ``transform`` maps it to the margin version
+    (the one thing that differs between heads), and the target logit becomes
+    :math:`n_i\,\text{transform}(c_i)`; then cross-entropy. The arithmetic on the ``B`` target
+    values runs in at least float32. ``inplace`` may be set only when ``logits`` is a tensor
+    the caller owns.
+    """
     rows = torch.arange(logits.shape[0], device=logits.device)
     t = logits[rows, target]
-    work = _work_dtype(t.dtype)
-    n = target_norm.to(work)
-    c = (t.to(work) / n.clamp_min(torch.finfo(work).tiny)).clamp(-1, 1)
-    psi = _psi(c, margin)
-    if lambda_ != 0:
-        psi = (psi + lambda_ * c) / (1 + lambda_)
-    new_t = (n * psi).to(logits.dtype)
+    work = compute_dtype(t.dtype)
+    if isinstance(norm, Tensor):
+        n: Tensor | float = norm.to(work)
+        c = t.to(work) / norm.to(work).clamp_min(torch.finfo(work).tiny)
+    else:
+        n = norm
+        c = t.to(work) / norm
+    new_t = (n * transform(c.clamp(-1, 1))).to(logits.dtype)
     if inplace:
         logits = logits.index_put_((rows, target), new_t)
     else:
@@ -300,23 +301,16 @@ def _multiplicative_core(
     return _cross_entropy(logits, target, reduction)
 
 
-def _scaled_core(
-    scaled: Tensor, target: Tensor, scale: float, margin: float, kind: str, reduction: str
-) -> Tensor:
-    """``scaled`` = s cos (a tensor this module owns, modified in place); margin on the target."""
-    rows = torch.arange(scaled.shape[0], device=scaled.device)
-    if kind == "additive":
-        shift = torch.full(
-            (scaled.shape[0],), -scale * margin, dtype=scaled.dtype, device=scaled.device
-        )
-        scaled = scaled.index_put_((rows, target), shift, accumulate=True)
-    else:
-        t = scaled[rows, target]
-        work = _work_dtype(t.dtype)
-        c = (t.to(work) / scale).clamp(-1, 1)
-        new_t = (scale * _arc(c, margin)).to(scaled.dtype)
-        scaled = scaled.index_put_((rows, target), new_t)
-    return _cross_entropy(scaled, target, reduction)
+def _blend(m: float, lambda_: float | Tensor) -> Callable[[Tensor], Tensor]:
+    """L-Softmax's / A-Softmax's target transform: (psi_m(c) + lambda c) / (1 + lambda)."""
+
+    def transform(c: Tensor) -> Tensor:
+        psi = _psi(c, m)
+        if isinstance(lambda_, Tensor) or lambda_ != 0:
+            return (psi + lambda_ * c) / (1 + lambda_)
+        return psi
+
+    return transform
 
 
 def large_margin_softmax_loss(
@@ -324,7 +318,7 @@ def large_margin_softmax_loss(
     target: Tensor,
     target_norm: Tensor,
     margin: float = 4,
-    lambda_: float = 0.0,
+    lambda_: float | Tensor = 0.0,
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""L-Softmax: cross-entropy with the target logit :math:`\|W_y\|\|x\|\cos\theta_y` replaced.
@@ -355,23 +349,26 @@ def large_margin_softmax_loss(
     Networks*, ICML 2016.
     """
     check_tensor(logits, "logits", ndim=2)
+    check_finite(logits, "logits")
     check_reduction(reduction)
     m = _check_multiplicative_margin(margin)
-    lam = _check_non_negative(lambda_, "lambda_")
-    _check_class_target(target, logits)
+    lam = _check_lambda(lambda_)
+    target = _check_class_target(target, logits)
     check_tensor(target_norm, "target_norm", ndim=1)
     check_shape(target_norm, "target_norm", (logits.shape[0],))
     check_same_dtype_device(logits, "logits", target_norm, "target_norm")
-    if bool((target_norm < 0).any()):
-        raise ValueError("target_norm must be non-negative (it is a product of norms)")
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    t = logits.detach()[rows, target]
-    if bool((t.abs() > target_norm.detach() * (1 + COSINE_TOLERANCE) + 1e-6).any()):
-        raise ValueError(
-            "logits at the target must not exceed target_norm in absolute value (they are "
-            "|W_y| |x| cos(theta)); check that target_norm holds |W_y| |x| for each row"
-        )
-    return _multiplicative_core(logits, target, target_norm, m, lam, reduction, inplace=False)
+    if value_checks_enabled():
+        check_in_range(target_norm, "target_norm", 0.0, math.inf, what="products of norms")
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        t = logits.detach()[rows, target]
+        if bool((t.abs() > target_norm.detach() * (1 + COSINE_TOLERANCE) + 1e-6).any()):
+            raise ValueError(
+                "logits at the target must not exceed target_norm in absolute value (they are "
+                "|W_y| |x| cos(theta)); check that target_norm holds |W_y| |x| for each row"
+            )
+    return _margin_cross_entropy(
+        logits, target, target_norm, _blend(m, lam), reduction, inplace=False
+    )
 
 
 def angular_softmax_loss(
@@ -379,7 +376,7 @@ def angular_softmax_loss(
     target: Tensor,
     feature_norm: Tensor,
     margin: float = 4,
-    lambda_: float = 0.0,
+    lambda_: float | Tensor = 0.0,
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""A-Softmax (SphereFace): L-Softmax with unit class weights and no bias.
@@ -399,15 +396,16 @@ def angular_softmax_loss(
     _check_cosine(cosine, "cosine", ndim=2)
     check_reduction(reduction)
     m = _check_multiplicative_margin(margin)
-    lam = _check_non_negative(lambda_, "lambda_")
-    _check_class_target(target, cosine)
+    lam = _check_lambda(lambda_)
+    target = _check_class_target(target, cosine)
     check_tensor(feature_norm, "feature_norm", ndim=1)
     check_shape(feature_norm, "feature_norm", (cosine.shape[0],))
     check_same_dtype_device(cosine, "cosine", feature_norm, "feature_norm")
-    if bool((feature_norm < 0).any()):
-        raise ValueError("feature_norm must be non-negative")
-    logits = cosine * feature_norm[:, None]
-    return _multiplicative_core(logits, target, feature_norm, m, lam, reduction, inplace=True)
+    check_in_range(feature_norm, "feature_norm", 0.0, math.inf, what="norms")
+    logits = cosine * feature_norm[:, None]  # a new tensor: the margin may go in place
+    return _margin_cross_entropy(
+        logits, target, feature_norm, _blend(m, lam), reduction, inplace=True
+    )
 
 
 def additive_margin_softmax_loss(
@@ -437,10 +435,10 @@ def additive_margin_softmax_loss(
     """
     _check_cosine(cosine, "cosine", ndim=2)
     check_reduction(reduction)
-    m = _check_non_negative(margin, "margin")
-    s = _check_scale(scale)
-    _check_class_target(target, cosine)
-    return _scaled_core(cosine * s, target, s, m, "additive", reduction)
+    m = check_positive(margin, "margin", allow_zero=True)
+    s = check_positive(scale, "scale")
+    target = _check_class_target(target, cosine)
+    return _margin_cross_entropy(cosine * s, target, s, lambda c: c - m, reduction, inplace=True)
 
 
 def additive_angular_margin_loss(
@@ -469,9 +467,11 @@ def additive_angular_margin_loss(
     _check_cosine(cosine, "cosine", ndim=2)
     check_reduction(reduction)
     m = _check_additive_angular_margin(margin)
-    s = _check_scale(scale)
-    _check_class_target(target, cosine)
-    return _scaled_core(cosine * s, target, s, m, "angular", reduction)
+    s = check_positive(scale, "scale")
+    target = _check_class_target(target, cosine)
+    return _margin_cross_entropy(
+        cosine * s, target, s, lambda c: _arc(c, m), reduction, inplace=True
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,13 +505,20 @@ class LambdaSchedule:
 
     def __post_init__(self) -> None:
         for name in ("base", "gamma", "power", "lambda_min"):
-            _check_non_negative(getattr(self, name), name)
+            check_positive(getattr(self, name), name, allow_zero=True)
 
     def __call__(self, iteration: int) -> float:
         """:math:`\\lambda_t` at training iteration ``iteration`` (0 for the first batch)."""
         t = check_int(iteration, "iteration", minimum=0)
         decayed: float = self.base * math.pow(1.0 + self.gamma * t, -self.power)
         return max(self.lambda_min, decayed)
+
+    def at(self, iteration: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """:math:`\\lambda_t` for a 0-d integer tensor ``iteration``, as a 0-d tensor of ``dtype``
+        (no host sync, so a head can read its schedule inside a compiled step)."""
+        t = iteration.to(dtype)
+        decayed = self.base * torch.pow(1.0 + self.gamma * t, -self.power)
+        return decayed.clamp_min(self.lambda_min)
 
 
 #: SphereFace's schedule (``sphereface_model.prototxt``).
@@ -569,6 +576,11 @@ class MarginHead(nn.Module):
         t = check_class_index(target, "target", self.num_classes, batch_shape=(x.shape[0],))
         return x, t
 
+    def cosine(self, features: Tensor) -> Tensor:
+        r""":math:`\cos\theta_{ij}` between each feature and each class weight, ``(B, C)``."""
+        x = self._check_features(features)
+        return normalize(x, dim=1) @ normalize(self.weight, dim=1).t()
+
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
         return (
@@ -579,7 +591,15 @@ class MarginHead(nn.Module):
 
 class ScheduledMarginHead(MarginHead):
     r"""The base of :class:`LSoftmaxLoss` and :class:`ASoftmaxLoss`: a multiplicative margin
-    :math:`m` and a blend weight :math:`\lambda` annealed by a :class:`LambdaSchedule`."""
+    :math:`m` and a blend weight :math:`\lambda` annealed by a :class:`LambdaSchedule`.
+
+    The schedule advances by itself: every forward pass in training mode with gradients enabled
+    is one training iteration (the counter ``iteration`` is a buffer, so it is saved in
+    ``state_dict`` and read without a host sync). ``schedule=None`` is the pure margin
+    (:math:`\lambda = 0`) from the first step.
+    """
+
+    iteration: Tensor
 
     def __init__(
         self,
@@ -598,29 +618,21 @@ class ScheduledMarginHead(MarginHead):
                 f"schedule must be a LambdaSchedule or None, got {type(schedule).__name__}"
             )
         self.schedule = schedule
-        self.iteration = 0
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long, device=device))
 
     @property
     def lambda_(self) -> float:
-        """The blend weight used by the next :meth:`forward`: ``schedule(iteration)``, or 0."""
-        return 0.0 if self.schedule is None else self.schedule(self.iteration)
+        """The blend weight the next training forward pass uses (reads the counter: a sync)."""
+        return 0.0 if self.schedule is None else self.schedule(int(self.iteration))
 
-    def step(self) -> float:
-        """Advance the λ schedule by one training iteration; returns the new λ.
-
-        Call it once per optimiser step, like a learning-rate scheduler. The iteration counter
-        is saved in the module's ``state_dict``.
-        """
-        self.iteration += 1
-        return self.lambda_
-
-    def get_extra_state(self) -> Any:
-        """The iteration counter, stored in ``state_dict`` so a resumed run keeps its λ."""
-        return {"iteration": self.iteration}
-
-    def set_extra_state(self, state: Any) -> None:
-        """Restore the iteration counter saved by :meth:`get_extra_state`."""
-        self.iteration = check_int(state["iteration"], "iteration", minimum=0)
+    def _next_lambda(self, dtype: torch.dtype) -> float | Tensor:
+        """The blend weight for this forward pass; advances the counter in training."""
+        if self.schedule is None:
+            return 0.0
+        lam = self.schedule.at(self.iteration, compute_dtype(dtype))
+        if self.training and torch.is_grad_enabled():
+            self.iteration.add_(1)
+        return lam
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
@@ -631,9 +643,9 @@ class LSoftmaxLoss(ScheduledMarginHead):
     r"""L-Softmax head: class weights ``(num_classes, in_features)`` and the L-Softmax loss.
 
     ``forward(features, target)`` returns :func:`large_margin_softmax_loss` of the logits
-    :math:`W x` with :math:`\lambda` = :attr:`lambda_`; :meth:`logits` returns the plain
-    :math:`W x` used at inference. Call :meth:`step` after each optimiser step to anneal
-    :math:`\lambda` (``schedule=None`` keeps :math:`\lambda = 0`, the pure margin).
+    :math:`W x` with :math:`\lambda` from the schedule, which advances by one at each training
+    forward pass (see :class:`ScheduledMarginHead`); :meth:`logits` returns the plain
+    :math:`W x` used at inference. ``schedule=None`` gives the pure margin, :math:`\lambda = 0`.
 
     Args:
         in_features: feature dimension ``D``.
@@ -641,8 +653,22 @@ class LSoftmaxLoss(ScheduledMarginHead):
         margin: :math:`m \ge 1` (integer: Chebyshev polynomial, no ``acos``).
         schedule: the :class:`LambdaSchedule` (default :data:`LSOFTMAX_SCHEDULE`) or None.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        device, dtype: of the class weights.
+
+    Shape:
+        - features: ``(B, in_features)``; target: ``(B,)`` int64 or int32 class indices.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Reference: Liu et al., ICML 2016.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import LSoftmaxLoss
+        >>> head = LSoftmaxLoss(16, 10, margin=4)
+        >>> loss = head(torch.randn(8, 16), torch.randint(10, (8,)))
+        >>> loss.backward()
+        >>> int(head.iteration)  # one training step taken: lambda has moved
+        1
     """
 
     def __init__(
@@ -665,10 +691,10 @@ class LSoftmaxLoss(ScheduledMarginHead):
     def forward(self, features: Tensor, target: Tensor) -> Tensor:
         """The L-Softmax loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``."""
         x, t = self._check_inputs(features, target)
-        logits = x @ self.weight.t()
         norm = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(self.weight[t], dim=1)
-        return _multiplicative_core(
-            logits, t, norm, self.margin, self.lambda_, self.reduction, inplace=True
+        lam = self._next_lambda(x.dtype)
+        return large_margin_softmax_loss(
+            x @ self.weight.t(), t, norm, self.margin, lam, self.reduction
         )
 
 
@@ -676,17 +702,28 @@ class ASoftmaxLoss(ScheduledMarginHead):
     r"""A-Softmax (SphereFace) head: unit-norm class weights, no bias, multiplicative margin.
 
     ``forward`` returns :func:`angular_softmax_loss`: logits :math:`\|x\|\cos\theta_j` with
-    the target one :math:`\|x\|(\psi_m(\theta_y) + \lambda\cos\theta_y)/(1 + \lambda)`. The stored
-    ``weight`` may have any norm; it is normalised in every forward pass.
-    :meth:`logits` returns :math:`\|x\|\cos\theta_j` (inference). Call :meth:`step` after each
-    optimiser step.
+    the target one :math:`\|x\|(\psi_m(\theta_y) + \lambda\cos\theta_y)/(1 + \lambda)`. The
+    stored ``weight`` may have any norm; it is normalised in every forward pass.
+    :meth:`logits` returns :math:`\|x\|\cos\theta_j` (inference). :math:`\lambda` follows the
+    schedule, advancing by one at each training forward pass; SphereFace's default schedule
+    stops at :math:`\lambda = 5`, never 0: ``schedule=None`` gives the pure margin.
 
     Args:
-        in_features, num_classes, reduction: as in :class:`LSoftmaxLoss`.
+        in_features, num_classes, reduction, device, dtype: as in :class:`LSoftmaxLoss`.
         margin: :math:`m \ge 1` (SphereFace uses 4).
         schedule: default :data:`SPHEREFACE_SCHEDULE` (:math:`\lambda` decays to 5, never 0).
 
+    Shape:
+        As :class:`LSoftmaxLoss`.
+
     Reference: Liu et al., CVPR 2017.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import ASoftmaxLoss
+        >>> head = ASoftmaxLoss(16, 10, schedule=None)  # the pure margin, lambda = 0
+        >>> head(torch.randn(8, 16), torch.randint(10, (8,))).shape
+        torch.Size([])
     """
 
     def __init__(
@@ -704,16 +741,15 @@ class ASoftmaxLoss(ScheduledMarginHead):
     def logits(self, features: Tensor) -> Tensor:
         r"""Plain logits :math:`\|x\|\cos\theta_j = \hat W_j^\top x`, shape ``(B, C)``."""
         x = self._check_features(features)
-        return x @ F.normalize(self.weight, dim=1).t()
+        return x @ normalize(self.weight, dim=1).t()
 
     def forward(self, features: Tensor, target: Tensor) -> Tensor:
         """The A-Softmax loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``."""
         x, t = self._check_inputs(features, target)
-        logits = x @ F.normalize(self.weight, dim=1).t()
         norm = torch.linalg.vector_norm(x, dim=1)
-        return _multiplicative_core(
-            logits, t, norm, self.margin, self.lambda_, self.reduction, inplace=True
-        )
+        cosine = normalize(x, dim=1) @ normalize(self.weight, dim=1).t()
+        lam = self._next_lambda(x.dtype)
+        return angular_softmax_loss(cosine, t, norm, self.margin, lam, self.reduction)
 
 
 class CosineMarginHead(MarginHead):
@@ -731,16 +767,12 @@ class CosineMarginHead(MarginHead):
         dtype: torch.dtype | None,
     ) -> None:
         super().__init__(in_features, num_classes, reduction, device, dtype)
-        self.scale = _check_scale(scale)
+        self.scale = check_positive(scale, "scale")
         self.margin = margin
-
-    def _scaled_cosine(self, x: Tensor) -> Tensor:
-        # the scale is applied to the (B, D) features, not to the (B, C) product
-        return (F.normalize(x, dim=1) * self.scale) @ F.normalize(self.weight, dim=1).t()
 
     def logits(self, features: Tensor) -> Tensor:
         r"""Plain logits :math:`s\cos\theta_j`, shape ``(B, C)`` (inference)."""
-        return self._scaled_cosine(self._check_features(features))
+        return self.cosine(features) * self.scale
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
@@ -756,8 +788,20 @@ class AMSoftmaxLoss(CosineMarginHead):
         margin: :math:`m \ge 0` subtracted from the target cosine (AM-Softmax: 0.35).
         scale: :math:`s` (AM-Softmax: 30; CosFace used 64).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        device, dtype: of the class weights.
+
+    Shape:
+        - features: ``(B, in_features)``; target: ``(B,)`` int64 or int32 class indices.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     References: Wang et al., IEEE SPL 2018; Wang et al., CVPR 2018.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import AMSoftmaxLoss
+        >>> head = AMSoftmaxLoss(16, 10)
+        >>> head(torch.randn(8, 16), torch.randint(10, (8,)), ).dim()
+        0
     """
 
     def __init__(
@@ -770,14 +814,15 @@ class AMSoftmaxLoss(CosineMarginHead):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        m = _check_non_negative(margin, "margin")
+        m = check_positive(margin, "margin", allow_zero=True)
         super().__init__(in_features, num_classes, m, scale, reduction, device, dtype)
 
     def forward(self, features: Tensor, target: Tensor) -> Tensor:
         """The AM-Softmax loss of ``features`` ``(B, D)`` with class indices ``target``."""
         x, t = self._check_inputs(features, target)
-        scaled = self._scaled_cosine(x)
-        return _scaled_core(scaled, t, self.scale, self.margin, "additive", self.reduction)
+        return additive_margin_softmax_loss(
+            self.cosine(x), t, self.margin, self.scale, self.reduction
+        )
 
 
 class ArcFaceLoss(CosineMarginHead):
@@ -789,8 +834,22 @@ class ArcFaceLoss(CosineMarginHead):
         margin: :math:`m` in **radians**, in :math:`[0, \pi)` (ArcFace: 0.5).
         scale: :math:`s` (ArcFace: 64).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        device, dtype: of the class weights.
+
+    Shape:
+        - features: ``(B, in_features)``; target: ``(B,)`` int64 or int32 class indices.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Reference: Deng et al., CVPR 2019.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import ArcFaceLoss
+        >>> head = ArcFaceLoss(16, 10, margin=0.5, scale=64.0)
+        >>> loss = head(torch.randn(8, 16), torch.randint(10, (8,)))
+        >>> loss.backward()
+        >>> head.weight.grad.shape
+        torch.Size([10, 16])
     """
 
     def __init__(
@@ -809,5 +868,6 @@ class ArcFaceLoss(CosineMarginHead):
     def forward(self, features: Tensor, target: Tensor) -> Tensor:
         """The ArcFace loss of ``features`` ``(B, D)`` with class indices ``target``."""
         x, t = self._check_inputs(features, target)
-        scaled = self._scaled_cosine(x)
-        return _scaled_core(scaled, t, self.scale, self.margin, "angular", self.reduction)
+        return additive_angular_margin_loss(
+            self.cosine(x), t, self.margin, self.scale, self.reduction
+        )

@@ -461,15 +461,25 @@ def test_lambda_schedule_formula_and_presets() -> None:
     assert M.LambdaSchedule(base=2.0, gamma=0.0, lambda_min=0.0)(123) == 2.0
 
 
-def test_step_advances_lambda_and_is_saved() -> None:
+def test_training_forward_advances_lambda_and_is_saved() -> None:
     head = M.ASoftmaxLoss(D, C, dtype=F64)
     assert head.lambda_ == 1000.0
+    x, y = _data(3)
     for _ in range(10):
-        head.step()
+        head(x, y)  # each training forward pass is one iteration
+    with torch.no_grad():
+        head(x, y)  # evaluation (no gradient) does not advance it
+    head.eval()
+    head(x, y)  # nor does eval mode
     assert head.iteration == 10 and head.lambda_ == pytest.approx(1000 / 2.2)
+    # the blend used is the schedule's value at the current iteration
+    lam = head.lambda_
+    head.train()
+    want = M.angular_softmax_loss(head.cosine(x), y, torch.linalg.vector_norm(x, dim=1), 4, lam)
+    torch.testing.assert_close(head(x, y), want, rtol=1e-12, atol=1e-12)
     other = M.ASoftmaxLoss(D, C, dtype=F64)
     other.load_state_dict(head.state_dict())
-    assert other.iteration == 10
+    assert other.iteration == 11
     assert M.ASoftmaxLoss(D, C, schedule=None).lambda_ == 0.0
     assert "margin=4" in repr(head)
 
@@ -512,8 +522,12 @@ def _module_cases() -> list[tuple[Callable[[], object], type[Exception], str]]:
         (lambda: head(x, y[:, None]), ValueError, r"target must have shape \(12,\)"),
         (lambda: M.ArcFaceLoss(D, C, margin=3.5), ValueError, r"margin must be an angle"),
         (lambda: M.ArcFaceLoss(D, C, margin=-0.1), ValueError, r"margin must be an angle"),
-        (lambda: M.AMSoftmaxLoss(D, C, scale=0.0), ValueError, r"scale must be positive"),
-        (lambda: M.AMSoftmaxLoss(D, C, margin=-1), ValueError, r"margin must be non-negative"),
+        (lambda: M.AMSoftmaxLoss(D, C, scale=0.0), ValueError, r"scale must be a finite positive"),
+        (
+            lambda: M.AMSoftmaxLoss(D, C, margin=-1),
+            ValueError,
+            r"margin must be a finite non-negative",
+        ),
         (lambda: M.LSoftmaxLoss(D, C, margin=0.5), ValueError, r"margin must be at least 1"),
         (lambda: M.LSoftmaxLoss(D, C, margin="4"), TypeError, r"margin must be a real number"),
         (lambda: M.LSoftmaxLoss(D, C, margin=True), TypeError, r"margin must be a real number"),
@@ -521,7 +535,7 @@ def _module_cases() -> list[tuple[Callable[[], object], type[Exception], str]]:
         (lambda: M.ASoftmaxLoss(0, C), ValueError, r"in_features must be at least 1"),
         (lambda: M.ASoftmaxLoss(D, 1), ValueError, r"num_classes must be at least 2"),
         (lambda: M.AMSoftmaxLoss(D, C, reduction="avg"), ValueError, r"reduction must be one"),
-        (lambda: M.LambdaSchedule(gamma=-1.0), ValueError, r"gamma must be non-negative"),
+        (lambda: M.LambdaSchedule(gamma=-1.0), ValueError, r"gamma must be a finite non-negative"),
         (lambda: M.SPHEREFACE_SCHEDULE(-1), ValueError, r"iteration must be at least 0"),
         (lambda: M.SPHEREFACE_SCHEDULE(1.5), TypeError, r"iteration must be an int"),
     ]
@@ -550,7 +564,7 @@ def _functional_cases() -> list[tuple[Callable[[], object], type[Exception], str
         (
             lambda: M.large_margin_softmax_loss(logits, y, -norm),
             ValueError,
-            r"target_norm must be non-negative",
+            r"target_norm must hold products of norms",
         ),
         (
             lambda: M.large_margin_softmax_loss(logits, y, norm[:3]),
@@ -565,12 +579,12 @@ def _functional_cases() -> list[tuple[Callable[[], object], type[Exception], str
         (
             lambda: M.large_margin_softmax_loss(logits, y, norm, lambda_=-1.0),
             ValueError,
-            r"lambda_ must be non-negative",
+            r"lambda_ must be a finite non-negative",
         ),
         (
             lambda: M.angular_softmax_loss(cos, y, x.norm(dim=1), margin=float("inf")),
             ValueError,
-            r"margin must be finite",
+            r"margin must be a finite number",
         ),
         (
             lambda: M.angular_softmax_loss(cos, y.double(), x.norm(dim=1)),
