@@ -1,0 +1,795 @@
+r"""Margin heads for a million classes: class-chunked, sampled (Partial FC) and sharded.
+
+A margin head over :math:`C` classes scores a unit feature :math:`\hat x` against every unit class
+centre :math:`\hat w_j` and trains with the cross-entropy of
+
+.. math::
+
+    z_j = s\cos\theta_j \;(j \ne y), \qquad
+    z_y = s\,\bigl(\cos(m_1\theta_y + m_2) - m_3\bigr),
+
+the *combined margin* of insightface: ``(1, 0.5, 0)`` is ArcFace, ``(1, 0, 0.35)`` CosFace /
+AM-Softmax, ``(m, 0, 0)`` the SphereFace-style multiplicative margin (continued past
+:math:`\pi/m` by :func:`companion.margin.multiplicative_angular_margin` so that it keeps
+decreasing). The margins themselves come from :mod:`companion.margin`; this module is about
+scale. At :math:`C = 10^6`, :math:`D = 512`, :math:`B = 512` the weight is 2 GB, its gradient
+2 GB more, and every copy of the :math:`B \times C` logits another 2 GB. Three devices, which
+combine:
+
+* **Class chunks** (``chunk_size``): the logits are built ``chunk_size`` classes at a time
+  and reduced with an online log-sum-exp; only one number per row is saved and the tiles are
+  rebuilt in the backward pass, where each tile's weight gradient is written straight into
+  the weight's gradient. Neither pass ever holds the :math:`B \times C` matrix, nor a
+  normalised copy of the weight.
+* **Sampling** (``sample_rate < 1``, Partial FC, An et al. 2021): every class with a positive
+  in the batch is kept and the rest of ``ceil(sample_rate * C)`` centres are drawn uniformly
+  from the negatives; the softmax runs over the kept centres only. The draw has a fixed size
+  (a top-k of random scores with the positives' scores set to :math:`+\infty`), so it needs no
+  host sync and compiles. The weight's gradient is exactly zero on the rows not drawn.
+* **Shards** (``group``): rank :math:`r` of a ``torch.distributed`` process group holds a
+  contiguous slice of the classes; features and targets are gathered (features with their
+  gradient) and the softmax normaliser is combined across ranks from a global maximum and an
+  all-reduced sum of exponentials. Loss and gradients are exact.
+
+With ``sample_rate=1`` the value and the gradients equal :class:`companion.margin.ArcFaceLoss`
+and :class:`companion.margin.AMSoftmaxLoss` with the same weights, chunked or not, sharded or
+not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from companion._validate import (
+    Reduction,
+    check_batch_size,
+    check_class_index,
+    check_finite,
+    check_int,
+    check_positive,
+    check_real,
+    check_reduction,
+    check_same_dtype_device,
+    check_tensor,
+    reduce_loss,
+)
+from companion.margin import additive_angular_margin, multiplicative_angular_margin
+
+__all__ = [
+    "PartialFC",
+    "combined_margin",
+    "num_sampled_classes",
+    "partial_fc_loss",
+    "sample_classes",
+    "shard_range",
+]
+
+Margin = tuple[float, float, float]
+ProcessGroup = Any  # torch.distributed.ProcessGroup (not importable where distributed is absent)
+
+#: ``F.normalize``'s default: a centre whose norm is below it is divided by it instead.
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# arguments
+# --------------------------------------------------------------------------------------------
+
+
+def _check_margin(margin: object) -> Margin:
+    if not isinstance(margin, (tuple, list)) or len(margin) != 3:
+        raise TypeError(
+            f"margin must be a tuple (m1, m2, m3) of three numbers, got {margin!r}; ArcFace is "
+            "(1, 0.5, 0), CosFace (1, 0, 0.35), SphereFace-style (m, 0, 0)"
+        )
+    m1 = check_real(margin[0], "margin[0] (m1)")
+    m2 = check_real(margin[1], "margin[1] (m2)")
+    m3 = check_real(margin[2], "margin[2] (m3)")
+    if m1 < 1:
+        raise ValueError(
+            f"margin[0] (m1) must be at least 1 (1 is no multiplicative margin), got {m1}"
+        )
+    if not 0 <= m2 < math.pi:
+        raise ValueError(f"margin[1] (m2) must be an angle in radians in [0, pi), got {m2}")
+    if m3 < 0:
+        raise ValueError(f"margin[2] (m3) must be non-negative, got {m3}")
+    if m1 != 1 and m2 != 0:
+        raise ValueError(
+            f"margin=({m1:g}, {m2:g}, {m3:g}) combines a multiplicative margin m1 != 1 with an "
+            "additive angular margin m2 != 0; the monotone continuation of cos(m1*theta + m2) "
+            "is not derived here: use m1 = 1 (ArcFace/CosFace) or m2 = 0 (SphereFace-style)"
+        )
+    return m1, m2, m3
+
+
+def _check_sample_rate(sample_rate: object) -> float:
+    rate = check_real(sample_rate, "sample_rate")
+    if not 0 < rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {rate}")
+    return rate
+
+
+def _check_chunk_size(chunk_size: object) -> int | None:
+    if chunk_size is None:
+        return None
+    return check_int(chunk_size, "chunk_size", minimum=1)
+
+
+def _group_rank_size(group: ProcessGroup | None) -> tuple[int, int]:
+    """``(rank, world_size)`` in ``group``; ``(0, 1)`` for ``group=None``."""
+    if group is None:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "group was given but torch.distributed is not initialised; call "
+            "torch.distributed.init_process_group first, or pass group=None for one process"
+        )
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
+    """The contiguous slice ``[start, stop)`` of the classes that ``rank`` holds.
+
+    The classes are split as evenly as possible: the first ``num_classes % world_size`` ranks
+    hold one class more than the others. Every rank must hold at least one class.
+
+    Examples:
+        >>> [shard_range(10, 3, r) for r in range(3)]
+        [(0, 4), (4, 7), (7, 10)]
+    """
+    check_int(num_classes, "num_classes", minimum=1)
+    check_int(world_size, "world_size", minimum=1)
+    check_int(rank, "rank", minimum=0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+    if world_size > num_classes:
+        raise ValueError(
+            f"group has {world_size} processes but there are only {num_classes} classes: "
+            "every process must hold at least one class centre; use a smaller group"
+        )
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def num_sampled_classes(num_local: int, sample_rate: float, batch_size: int) -> int:
+    """How many class centres a (shard of a) Partial FC head keeps per step.
+
+    ``ceil(sample_rate * num_local)``, raised to ``batch_size`` when that is larger (so that
+    every positive of the batch always fits in a set of fixed size), and at most
+    ``num_local``.
+
+    Examples:
+        >>> num_sampled_classes(1000, 0.1, 64), num_sampled_classes(1000, 0.01, 64)
+        (100, 64)
+    """
+    check_int(num_local, "num_local", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    return _num_sampled(num_local, _check_sample_rate(sample_rate), batch_size)
+
+
+def _num_sampled(num_local: int, rate: float, batch_size: int) -> int:
+    count = _rate_count(num_local, rate)
+    return num_local if count is None else min(num_local, max(count, batch_size))
+
+
+def _rate_count(num_local: int, rate: float) -> int | None:
+    """``ceil(rate * num_local)``, or None when every class is kept (rate 1)."""
+    return None if rate >= 1 else math.ceil(rate * num_local)
+
+
+# --------------------------------------------------------------------------------------------
+# the target logit: reuses companion.margin
+# --------------------------------------------------------------------------------------------
+
+
+def combined_margin(cosine: Tensor, margin: tuple[float, float, float]) -> Tensor:
+    r"""The combined-margin target function :math:`\cos(m_1\theta + m_2) - m_3`, from the cosine.
+
+    Built from :mod:`companion.margin`'s transforms: for :math:`m_2 = 0`,
+    :func:`~companion.margin.multiplicative_angular_margin` (:math:`\psi_{m_1}`, the monotone
+    extension of :math:`\cos(m_1\theta)`); for :math:`m_1 = 1`,
+    :func:`~companion.margin.additive_angular_margin` (ArcFace's :math:`\cos(\theta + m_2)`
+    with its decreasing fallback past :math:`\pi - m_2`); then :math:`m_3` is subtracted.
+    :math:`m_1 \ne 1` together with :math:`m_2 \ne 0` is refused.
+
+    Args:
+        cosine: floating tensor of cosines, any shape.
+        margin: ``(m1, m2, m3)`` with :math:`m_1 \ge 1`, :math:`m_2 \in [0, \pi)` radians,
+            :math:`m_3 \ge 0`.
+
+    Examples:
+        >>> c = torch.tensor([1.0, 0.5, 0.0])
+        >>> torch.allclose(combined_margin(c, (1, 0, 0.35)), c - 0.35)
+        True
+        >>> torch.allclose(combined_margin(c, (1, 0.5, 0)), torch.cos(torch.acos(c) + 0.5))
+        True
+    """
+    return _combined(cosine, _check_margin(margin))
+
+
+def _combined(cosine: Tensor, margin: Margin) -> Tensor:
+    """:func:`combined_margin` without the argument checks (already done)."""
+    m1, m2, m3 = margin
+    if m2 == 0:
+        phi = cosine if m1 == 1 else multiplicative_angular_margin(cosine, m1)
+    else:
+        phi = additive_angular_margin(cosine, m2)
+    return phi - m3 if m3 != 0 else phi
+
+
+# --------------------------------------------------------------------------------------------
+# the class-chunked log-sum-exp
+# --------------------------------------------------------------------------------------------
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _normalised_tile(weight: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Rows of ``weight`` as unit vectors (in ``acc``) and their clamped norms ``(n, 1)``."""
+    w = weight.to(acc)
+    norms = torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(_EPS)
+    return w / norms, norms
+
+
+def _replace_target(logits: Tensor, start: int, target: Tensor, owned: Tensor, t: Tensor) -> None:
+    """Write ``t`` at column ``target - start`` of each owned row whose target is in this tile."""
+    width = logits.shape[1]
+    col = target - start
+    inside = owned & (col >= 0) & (col < width)
+    col = col.clamp(0, width - 1)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    logits.index_put_((rows, col), torch.where(inside, t, logits[rows, col]))
+
+
+class _ChunkedLogSumExp(torch.autograd.Function):
+    r"""Row log-sum-exps :math:`a_i = \log\sum_j e^{z_{ij}}` over this process's classes, in chunks.
+
+    :math:`z_{ij} = \hat x_i^{(s)} \cdot \hat w_j` (``scaled`` holds :math:`s\hat x_i`, the
+    centres are normalised tile by tile), except at an owned row's target, where
+    :math:`z_{iy_i} = t_i`. Forward: per tile, an online log-sum-exp
+    :math:`(\mu, \sigma) \leftarrow (\mu', \sigma e^{\mu - \mu'} + \sum_j e^{z_{ij} - \mu'})`;
+    saved: :math:`a` only. Backward, with :math:`g_i = \partial/\partial a_i` and
+    :math:`P_{ij} = g_i e^{z_{ij} - a_i}`: :math:`\partial t_i = P_{iy_i}`, then with that entry
+    zeroed :math:`\partial(s\hat x) = P\hat W`, :math:`\partial \hat W = P^\top (s\hat x)` and,
+    through the normalisation, :math:`\partial w_j = (\partial\hat w_j -
+    \hat w_j(\hat w_j\cdot\partial\hat w_j))/\lVert w_j \rVert`, written into the weight's
+    gradient one tile at a time.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        scaled: Tensor,
+        weight: Tensor,
+        t: Tensor,
+        target: Tensor,
+        owned: Tensor,
+        chunk: int,
+    ) -> Tensor:
+        acc = _accumulation_dtype(scaled.dtype)
+        x = scaled.to(acc)
+        ta = t.to(acc)
+        rows = x.shape[0]
+        top = torch.full((rows,), -math.inf, dtype=acc, device=x.device)
+        total = torch.zeros(rows, dtype=acc, device=x.device)
+        for start in range(0, weight.shape[0], chunk):
+            w_hat, _ = _normalised_tile(weight[start : start + chunk], acc)
+            logits = x @ w_hat.T
+            _replace_target(logits, start, target, owned, ta)
+            new_top = torch.maximum(top, logits.amax(dim=1))
+            total = total * torch.exp(top - new_top) + torch.exp(logits - new_top[:, None]).sum(1)
+            top = new_top
+        lse = top + torch.log(total)
+        ctx.save_for_backward(scaled, weight, t, target, owned, lse)
+        ctx.chunk = chunk
+        return lse.to(scaled.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_lse: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+        scaled, weight, t, target, owned, lse = ctx.saved_tensors
+        chunk = ctx.chunk
+        need_x, need_w, need_t = ctx.needs_input_grad[:3]
+        acc = lse.dtype
+        x = scaled.to(acc)
+        ta = t.to(acc)
+        g = grad_lse.to(acc)
+        rows = torch.arange(x.shape[0], device=x.device)
+        d_x = torch.zeros_like(x) if need_x else None
+        d_w = torch.empty_like(weight) if need_w else None
+        d_t = torch.zeros_like(ta)
+        for start in range(0, weight.shape[0], chunk):
+            stop = min(start + chunk, weight.shape[0])
+            w_hat, norms = _normalised_tile(weight[start:stop], acc)
+            logits = x @ w_hat.T
+            _replace_target(logits, start, target, owned, ta)
+            prob = torch.exp(logits - lse[:, None]) * g[:, None]
+            col = target - start
+            inside = owned & (col >= 0) & (col < stop - start)
+            col = col.clamp(0, stop - start - 1)
+            at_target = prob[rows, col]
+            d_t = d_t + torch.where(inside, at_target, torch.zeros_like(at_target))
+            prob.index_put_(
+                (rows, col), torch.where(inside, torch.zeros_like(at_target), at_target)
+            )
+            if d_x is not None:
+                d_x += prob @ w_hat
+            if d_w is not None:
+                d_hat = prob.T @ x
+                radial = (d_hat * w_hat).sum(dim=1, keepdim=True)
+                # F.normalize's derivative: the radial part is removed only where the norm
+                # was not clamped
+                d_hat = d_hat - torch.where(norms > _EPS, radial, torch.zeros_like(radial)) * w_hat
+                d_w[start:stop] = (d_hat / norms).to(weight.dtype)
+        return (
+            d_x.to(scaled.dtype) if d_x is not None else None,
+            d_w,
+            d_t.to(t.dtype) if need_t else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _local_logsumexp(
+    scaled: Tensor, weight: Tensor, t: Tensor, target: Tensor, owned: Tensor, chunk: int | None
+) -> Tensor:
+    """``log sum_j exp(z_ij)`` over the classes in ``weight``, the owned targets replaced by t."""
+    if chunk is not None:
+        lse: Tensor = _ChunkedLogSumExp.apply(  # type: ignore[no-untyped-call]
+            scaled, weight, t, target, owned, chunk
+        )
+        return lse
+    acc = _accumulation_dtype(scaled.dtype)
+    logits = (scaled @ F.normalize(weight, dim=1, eps=_EPS).T).to(acc)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    col = target.clamp(0, weight.shape[0] - 1)
+    logits = logits.index_put((rows, col), torch.where(owned, t.to(acc), logits[rows, col]))
+    return torch.logsumexp(logits, dim=1).to(scaled.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# collectives with the gradients of a loss that every rank computes in full
+# --------------------------------------------------------------------------------------------
+#
+# Convention: every rank returns the same global loss L. Rank r's backward pass then only has to
+# produce the derivative of L through what rank r computed itself: collectives that combine the
+# ranks' pieces pass the gradient through unchanged (no collective in their backward), except the
+# gather of the features, whose backward sums the per-rank contributions.
+
+
+class _GatherFeatures(torch.autograd.Function):
+    """All-gather along the batch; backward: sum over ranks, this rank's rows, times N.
+
+    The factor N (the world size) makes DistributedDataParallel's *average* of the backbone's
+    gradients equal to the gradient of the global loss.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, sizes: list[int], rank: int, group: Any) -> Tensor:
+        width = max(sizes)
+        padded = local.new_zeros((width, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        buffers = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(buffers, padded.contiguous(), group=group)
+        ctx.start, ctx.size, ctx.group, ctx.world = (
+            sum(sizes[:rank]),
+            sizes[rank],
+            group,
+            len(sizes),
+        )
+        return torch.cat([buf[:size] for buf, size in zip(buffers, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total[ctx.start : ctx.start + ctx.size] * ctx.world, None, None, None
+
+
+class _CombineLogSumExp(torch.autograd.Function):
+    r"""Global :math:`\log\sum_r e^{a_r}` from each rank's :math:`a_r`: max, then sum of exps.
+
+    Backward: :math:`\partial L/\partial a_r = g\,e^{a_r - \mathrm{lse}}`, this rank's share of
+    the softmax mass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, group: Any) -> Tensor:
+        top = local.detach().clone()
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+        total = torch.exp(local.detach() - top)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        lse = top + torch.log(total)
+        ctx.save_for_backward(local, lse)
+        return lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        local, lse = ctx.saved_tensors
+        return grad * torch.exp(local - lse), None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce sum of each rank's piece; backward: the gradient, unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, group: Any) -> Tensor:
+        total = local.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+def _gather_targets(local: Tensor, sizes: list[int], group: Any) -> Tensor:
+    padded = local.new_zeros(max(sizes))
+    padded[: local.shape[0]] = local
+    buffers = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(buffers, padded, group=group)
+    return torch.cat([buf[:size] for buf, size in zip(buffers, sizes, strict=True)])
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+# --------------------------------------------------------------------------------------------
+
+
+def sample_classes(
+    target: Tensor,
+    owned: Tensor,
+    num_local: int,
+    num_sampled: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The kept classes of a Partial FC step: all owned positives plus uniform negatives.
+
+    Every class ``target[i]`` with ``owned[i]`` true is kept; the rest of the ``num_sampled``
+    slots go to a uniformly random subset of the other classes. It is a top-k of random scores
+    in which the positives score :math:`+\\infty` (the rows not owned write theirs into a spare
+    slot), so the result has a fixed size and no step waits for the device.
+
+    Args:
+        target: ``(B,)`` local class indices (anything for rows not owned).
+        owned: ``(B,)`` bool: whether the row's class lives in this shard.
+        num_local: number of classes in this shard.
+        num_sampled: how many to keep; at least the number of distinct owned positives.
+        generator: the random generator (reproducible draws).
+
+    Returns:
+        The sorted indices of the kept classes, shape ``(num_sampled,)``.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> kept = sample_classes(torch.tensor([3, 7]), torch.tensor([True, True]), 10, 4, g)
+        >>> kept.numel(), bool(torch.isin(torch.tensor([3, 7]), kept).all())
+        (4, True)
+    """
+    scores = torch.rand(num_local + 1, generator=generator, device=target.device)
+    slot = torch.where(owned, target.clamp(0, num_local - 1), num_local)
+    scores = scores.index_fill(0, slot, math.inf)
+    kept = torch.topk(scores[:num_local], num_sampled, sorted=False).indices
+    return torch.sort(kept).values
+
+
+# --------------------------------------------------------------------------------------------
+# the loss
+# --------------------------------------------------------------------------------------------
+
+
+def partial_fc_loss(
+    features: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    *,
+    margin: tuple[float, float, float] = (1.0, 0.5, 0.0),
+    scale: float = 64.0,
+    sample_rate: float = 1.0,
+    chunk_size: int | None = None,
+    group: ProcessGroup | None = None,
+    num_classes: int | None = None,
+    reduction: Reduction = "mean",
+    generator: torch.Generator | None = None,
+    return_sampled: bool = False,
+) -> Any:
+    r"""The combined-margin softmax loss over (a shard of) many classes, chunked and/or sampled.
+
+    .. math::
+
+        \ell_i = -\log \frac{e^{t_i}}{e^{t_i} + \sum_{j \in K \setminus y_i} e^{s\cos\theta_{ij}}},
+        \qquad t_i = s\bigl(\cos(m_1\theta_{i y_i} + m_2) - m_3\bigr),
+        \qquad \cos\theta_{ij} = \frac{x_i \cdot w_j}{\lVert x_i\rVert\,\lVert w_j\rVert},
+
+    with :math:`K` all classes (``sample_rate=1``) or the kept set of Partial FC.
+
+    **Chunks.** With ``chunk_size`` the logits exist only ``B x chunk_size`` at a time, in the
+    forward and in the backward pass (see :class:`_ChunkedLogSumExp`); the result is the same.
+
+    **Sampling.** With ``sample_rate < 1``, each step keeps the classes of the batch's targets
+    and fills up to :func:`num_sampled_classes` centres with uniformly drawn others
+    (:func:`sample_classes`, reproducible with ``generator``). This is Partial FC's softmax
+    over the kept centres, *without* a :math:`\log q` correction (it is a biased estimate of
+    the full loss). The weight's gradient is exactly zero on the rows not kept.
+
+    **Shards.** With ``group``, ``weight`` is this rank's contiguous slice
+    :func:`shard_range` ``(num_classes, world, rank)`` of the class centres and each rank passes
+    its own ``features`` and ``target`` (local batch sizes may differ). The convention: every
+    rank returns the **same value, the loss of the global batch** (for ``reduction="none"``,
+    the ``(B_global,)`` vector of every rank's rows in rank order); the weight shard receives
+    exactly the gradient of that loss; the local ``features`` receive **N times** its gradient
+    (N the world size), so that :class:`~torch.nn.parallel.DistributedDataParallel`'s average
+    over ranks gives every backbone parameter the single-process gradient. Wrap only the
+    backbone in DDP: the head's shards differ between ranks and must not be averaged.
+    Sampling is per shard: each rank keeps ``num_sampled_classes(shard size, sample_rate,
+    B_global)`` of its own classes.
+
+    Args:
+        features: ``(B, D)`` features (normalised here).
+        target: ``(B,)`` global class indices in ``[0, num_classes)``.
+        weight: ``(C_local, D)`` class centres (this rank's slice; all of them for one process).
+        margin: ``(m1, m2, m3)``; ArcFace ``(1, 0.5, 0)``, CosFace ``(1, 0, 0.35)``.
+        scale: :math:`s > 0`.
+        sample_rate: fraction of the classes kept per step, in ``(0, 1]``.
+        chunk_size: classes per tile; ``None`` builds the ``B x C_local`` logits at once.
+        group: a ``torch.distributed`` process group to shard over, or ``None``.
+        num_classes: the number of classes in all shards; by default ``weight.shape[0]``
+            (required with ``group``).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (over the global batch).
+        generator: draws the sampled classes.
+        return_sampled: also return the sorted local indices of the kept classes (all of them
+            for ``sample_rate=1``).
+
+    Returns:
+        The loss (and, with ``return_sampled``, the kept indices).
+
+    Reference: An et al., *Partial FC: Training 10 Million Identities on a Single Machine*,
+    ICCV Workshops 2021; Deng et al., *ArcFace*, CVPR 2019.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, w = torch.randn(8, 16, generator=g), torch.randn(100, 16, generator=g)
+        >>> y = torch.randint(100, (8,), generator=g)
+        >>> full = partial_fc_loss(x, y, w, margin=(1, 0.5, 0), scale=16)
+        >>> tiled = partial_fc_loss(x, y, w, margin=(1, 0.5, 0), scale=16, chunk_size=32)
+        >>> bool(torch.allclose(full, tiled))
+        True
+    """
+    m = _check_margin(margin)
+    s = check_positive(scale, "scale")
+    rate = _check_sample_rate(sample_rate)
+    chunk = _check_chunk_size(chunk_size)
+    check_reduction(reduction)
+    w = check_tensor(weight, "weight", ndim=2)
+    rank, world = _group_rank_size(group)
+    if num_classes is None:
+        if group is not None:
+            raise ValueError("num_classes must be given with group (the classes of all shards)")
+        num_classes = w.shape[0]
+    check_int(num_classes, "num_classes", minimum=2)
+    start, stop = shard_range(num_classes, world, rank)
+    if w.shape[0] != stop - start:
+        raise ValueError(
+            f"weight must hold this rank's {stop - start} classes [{start}, {stop}) of "
+            f"{num_classes} (rank {rank} of {world}), got shape {tuple(w.shape)}"
+        )
+    check_finite(w, "weight")
+    x, y = _check_batch(features, target, w.shape[1], w, num_classes)
+    loss, kept = _partial_fc(
+        x,
+        y,
+        w,
+        m,
+        s,
+        _rate_count(w.shape[0], rate),
+        chunk,
+        group,
+        rank,
+        world,
+        start,
+        reduction,
+        generator,
+    )
+    if return_sampled:
+        return loss, kept
+    return loss
+
+
+def _check_batch(
+    features: object, target: object, in_features: int, weight: Tensor, num_classes: int
+) -> tuple[Tensor, Tensor]:
+    """The per-call tensor checks: features ``(B, D)`` like ``weight``, targets in range."""
+    x = check_tensor(features, "features", ndim=2)
+    if x.shape[1] != in_features:
+        raise ValueError(
+            f"features must have shape (batch, {in_features}) to match the class centres "
+            f"{tuple(weight.shape)}, got {tuple(x.shape)}"
+        )
+    check_same_dtype_device(weight, "weight", x, "features")
+    check_finite(x, "features")
+    if isinstance(target, Tensor) and target.dim() >= 1:
+        check_batch_size(x, "features", target, "target")
+    y = check_class_index(target, "target", num_classes, batch_shape=(x.shape[0],))
+    return x, y
+
+
+def _partial_fc(
+    x: Tensor,
+    y: Tensor,
+    w: Tensor,
+    m: Margin,
+    s: float,
+    keep: int | None,
+    chunk: int | None,
+    group: ProcessGroup | None,
+    rank: int,
+    world: int,
+    start: int,
+    reduction: str,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """The loss, arguments already checked; returns it with the kept local class indices."""
+    if world > 1:
+        sizes_t = torch.zeros(world, dtype=torch.long, device=x.device)
+        sizes_t[rank] = x.shape[0]
+        dist.all_reduce(sizes_t, op=dist.ReduceOp.SUM, group=group)
+        sizes = [int(v) for v in sizes_t.tolist()]
+        x = _GatherFeatures.apply(x, sizes, rank, group)  # type: ignore[no-untyped-call]
+        y = _gather_targets(y, sizes, group)
+
+    local = y - start
+    owned = (local >= 0) & (local < w.shape[0])
+    local = local.clamp(0, w.shape[0] - 1)
+    if keep is not None:
+        count = min(w.shape[0], max(keep, x.shape[0]))
+        kept = sample_classes(local, owned, w.shape[0], count, generator)
+        active = w[kept]  # the rows not kept get exactly zero gradient
+        position = torch.searchsorted(kept, local).clamp(0, kept.shape[0] - 1)
+    else:
+        kept = torch.arange(w.shape[0], device=w.device)
+        active, position = w, local
+
+    x_hat = F.normalize(x, dim=1, eps=_EPS)
+    w_target = F.normalize(w[local], dim=1, eps=_EPS)
+    cosine = (x_hat * w_target).sum(dim=1).clamp(-1, 1)
+    t = s * _combined(cosine, m)
+    lse = _local_logsumexp(x_hat * s, active, t, position, owned, chunk)
+    t_owned = torch.where(owned, t, torch.zeros_like(t))
+    if world > 1:
+        lse = _CombineLogSumExp.apply(lse, group)  # type: ignore[no-untyped-call]
+        t_owned = _SumOverRanks.apply(t_owned, group)  # type: ignore[no-untyped-call]
+    return reduce_loss(lse - t_owned, reduction), kept
+
+
+class PartialFC(nn.Module):
+    r"""A combined-margin head for very many classes: chunked, sampled, sharded.
+
+    Owns ``weight`` of shape ``(num_local, in_features)``: all class centres for one process,
+    or this rank's contiguous slice ``[class_start, class_start + num_local)`` under ``group``
+    (:func:`shard_range`). ``forward(features, target)`` returns :func:`partial_fc_loss`; see
+    there for the chunks, the sampling and the distributed convention (every rank returns the
+    global loss; features get N times its gradient, for DDP's average; keep this module out of
+    the DDP wrapper). After a sampled forward, :attr:`last_sampled` holds the sorted local
+    indices of the kept centres.
+
+    **Optimisers and the rows not drawn.** Their gradient is exactly zero, but an optimiser
+    with state still moves them: SGD with momentum :math:`\mu` applies
+    :math:`-\eta\mu^k v` to a row :math:`k` steps after it was last drawn, coupled weight decay
+    keeps shrinking it, and Adam keeps stepping by :math:`\hat m/\sqrt{\hat v}`, which decays
+    only like :math:`(\beta_1/\sqrt{\beta_2})^k`. insightface's first Partial FC kept a separate
+    momentum bank and handed the optimiser only the drawn rows (undrawn rows frozen, their
+    momentum resumed when drawn again); its ``PartialFC_V2`` indexes the parameter directly,
+    so the optimiser keeps moving undrawn rows, as here. The chapter measures the difference.
+
+    Args:
+        in_features: feature dimension ``D``.
+        num_classes: number of classes ``C`` over all shards.
+        margin: ``(m1, m2, m3)``: ArcFace ``(1, 0.5, 0)`` (default), CosFace ``(1, 0, 0.35)``,
+            SphereFace-style ``(m, 0, 0)``.
+        scale: :math:`s > 0` (default 64).
+        sample_rate: in ``(0, 1]``; 1 keeps every class.
+        chunk_size: classes per tile, or ``None``.
+        group: process group to shard over, or ``None``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Examples:
+        >>> head = PartialFC(16, 1000, margin=(1, 0, 0.35), scale=30, sample_rate=0.1)
+        >>> loss = head(torch.randn(8, 16), torch.randint(1000, (8,)))
+        >>> loss.backward()
+        >>> int((head.weight.grad.abs().sum(1) > 0).sum()) <= 100
+        True
+    """
+
+    weight: nn.Parameter
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        margin: tuple[float, float, float] = (1.0, 0.5, 0.0),
+        scale: float = 64.0,
+        sample_rate: float = 1.0,
+        chunk_size: int | None = None,
+        group: ProcessGroup | None = None,
+        reduction: Reduction = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features", minimum=1)
+        self.num_classes = check_int(num_classes, "num_classes", minimum=2)
+        self.margin = _check_margin(margin)
+        self.scale = check_positive(scale, "scale")
+        self.sample_rate = _check_sample_rate(sample_rate)
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.reduction = check_reduction(reduction)
+        self.group = group
+        self.rank, self.world_size = _group_rank_size(group)
+        self.class_start, stop = shard_range(num_classes, self.world_size, self.rank)
+        self.num_local = stop - self.class_start
+        self._keep = _rate_count(self.num_local, self.sample_rate)
+        self.weight = nn.Parameter(
+            torch.empty(self.num_local, in_features, device=device, dtype=dtype)
+        )
+        self.last_sampled: Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Centres drawn from N(0, 0.01^2) (only their directions matter)."""
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(
+        self, features: Tensor, target: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The loss of ``features`` ``(B, D)`` with global class indices ``target`` ``(B,)``."""
+        x, y = _check_batch(features, target, self.in_features, self.weight, self.num_classes)
+        loss, kept = _partial_fc(
+            x,
+            y,
+            self.weight,
+            self.margin,
+            self.scale,
+            self._keep,
+            self.chunk_size,
+            self.group,
+            self.rank,
+            self.world_size,
+            self.class_start,
+            self.reduction,
+            generator,
+        )
+        self.last_sampled = kept.detach() if self._keep is not None else None
+        return loss
+
+    @torch.no_grad()
+    def logits(self, features: Tensor) -> Tensor:
+        r"""Plain logits :math:`s\cos\theta_j` over this rank's classes, ``(B, num_local)``."""
+        x = F.normalize(check_tensor(features, "features", ndim=2), dim=1, eps=_EPS)
+        return (x * self.scale) @ F.normalize(self.weight, dim=1, eps=_EPS).T
+
+    def extra_repr(self) -> str:
+        """The settings shown by ``repr``."""
+        shard = (
+            f", shard=[{self.class_start}, {self.class_start + self.num_local})"
+            if self.world_size > 1
+            else ""
+        )
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"margin={self.margin}, scale={self.scale:g}, sample_rate={self.sample_rate:g}, "
+            f"chunk_size={self.chunk_size}, reduction={self.reduction!r}{shard}"
+        )

@@ -1,0 +1,151 @@
+"""companion.partial_fc.PartialFC sharded over two and three real processes (gloo on the CPU).
+
+Each process holds a contiguous slice of 40 class centres and part of a batch of 12 samples; a
+small backbone is wrapped in DistributedDataParallel, the head is not. Every rank must return
+the loss of one process holding the whole batch and all centres (companion.margin's ArcFace /
+AM-Softmax head), every backbone parameter must have the single-process gradient after DDP's
+averaging, and every weight shard must have its slice of the single-process weight gradient:
+chunked or not, equal or unequal local batches. With sampling, the reference is the same head
+over the union of the centres the ranks kept.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from companion import margin as M
+from companion.partial_fc import PartialFC, shard_range
+
+F64 = torch.float64
+BATCH, IN, EMBED, CLASSES = 12, 5, 4, 40
+MARGINS = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.35)}
+# name -> (local batch sizes by world size, chunk_size, margin, sample_rate)
+CASES: dict[str, tuple[dict[int, tuple[int, ...]], int | None, str, float]] = {
+    "equal, full logits, arcface": ({2: (6, 6), 3: (4, 4, 4)}, None, "arcface", 1.0),
+    "equal, chunks of 2, cosface": ({2: (6, 6), 3: (4, 4, 4)}, 2, "cosface", 1.0),
+    "unequal, chunks of 3, arcface": ({2: (8, 4), 3: (7, 1, 4)}, 3, "arcface", 1.0),
+    "unequal, full logits, cosface": ({2: (3, 9), 3: (2, 6, 4)}, None, "cosface", 1.0),
+    "unequal, sampled, chunks of 2": ({2: (8, 4), 3: (7, 1, 4)}, 2, "arcface", 0.5),
+}
+
+
+def problem() -> tuple[Tensor, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(BATCH, IN, generator=gen, dtype=F64)
+    labels = torch.randint(CLASSES, (BATCH,), generator=gen)
+    centres = torch.randn(CLASSES, EMBED, generator=gen, dtype=F64)
+    return inputs, labels, centres
+
+
+def backbone() -> nn.Module:
+    torch.manual_seed(0)  # the same initial weights in every process
+    return nn.Sequential(nn.Linear(IN, 8, dtype=F64), nn.Tanh(), nn.Linear(8, EMBED, dtype=F64))
+
+
+def gradients(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        inputs, labels, centres = problem()
+        results = {}
+        for name, (sizes_by_world, chunk, margin, rate) in CASES.items():
+            sizes = sizes_by_world[world]
+            net = backbone()
+            ddp = DistributedDataParallel(net)
+            head = PartialFC(
+                EMBED,
+                CLASSES,
+                margin=MARGINS[margin],
+                scale=6.0,
+                sample_rate=rate,
+                chunk_size=chunk,
+                group=dist.group.WORLD,
+                dtype=F64,
+            )
+            head.weight.data = centres[head.class_start : head.class_start + head.num_local].clone()
+            start = sum(sizes[:rank])
+            local = slice(start, start + sizes[rank])
+            gen = torch.Generator().manual_seed(10 + rank)
+            loss = head(ddp(inputs[local]), labels[local], generator=gen)
+            loss.backward()
+            kept = head.last_sampled
+            results[name] = {
+                "loss": loss.detach(),
+                "backbone": gradients(net),
+                "weight": head.weight.grad.detach().clone(),
+                "start": head.class_start,
+                "kept": None if kept is None else kept + head.class_start,
+            }
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def single_process(margin: str, classes: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Loss, backbone gradients and the weight gradient of one process, over ``classes``."""
+    inputs, labels, centres = problem()
+    net = backbone()
+    kind = M.ArcFaceLoss if margin == "arcface" else M.AMSoftmaxLoss
+    head = kind(EMBED, classes.numel(), margin=MARGINS[margin][1] or 0.35, scale=6.0, dtype=F64)
+    head.weight.data = centres[classes].clone()
+    loss = head(net(inputs), torch.searchsorted(classes, labels))
+    loss.backward()
+    grad = torch.zeros_like(centres)
+    grad[classes] = head.weight.grad
+    return loss.detach(), gradients(net), grad
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_head_matches_one_process(world: int, tmp_path: Path) -> None:
+    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    for name, (_, _, margin, rate) in CASES.items():
+        if rate < 1:
+            kept = torch.cat([ranks[r][name]["kept"] for r in range(world)])
+            _, labels, _ = problem()
+            assert torch.isin(labels, kept).all(), name  # every positive of the global batch
+            assert kept.numel() == world * BATCH < CLASSES, name  # 12 of each shard's 13-20
+        else:
+            kept = torch.arange(CLASSES)
+        loss, backbone_grads, weight_grad = single_process(margin, kept)
+        assert set(backbone_grads) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+        for r in range(world):
+            got = ranks[r][name]
+            msg = f"{name}, {world} processes, rank {r}"
+            torch.testing.assert_close(got["loss"], loss, rtol=1e-12, atol=1e-12, msg=msg)
+            assert set(got["backbone"]) == set(backbone_grads), msg
+            for param, grad in backbone_grads.items():
+                torch.testing.assert_close(
+                    got["backbone"][param], grad, rtol=1e-10, atol=1e-12, msg=f"{msg}, {param}"
+                )
+            start, stop = shard_range(CLASSES, world, r)
+            assert got["start"] == start, msg
+            torch.testing.assert_close(
+                got["weight"], weight_grad[start:stop], rtol=1e-10, atol=1e-12, msg=msg
+            )
