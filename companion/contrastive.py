@@ -1,4 +1,4 @@
-r"""Losses that learn an embedding space: contrastive, triplet, InfoNCE and the CLIP loss.
+r"""Losses that learn an embedding space: contrastive, triplet, InfoNCE, SupCon and CLIP.
 
 Instead of a probability over a fixed list of classes, these losses shape a space in which
 distances (or dot products) mean similarity:
@@ -9,31 +9,39 @@ distances (or dot products) mean similarity:
   (Weinberger and Saul, 2009; Schroff, Kalenichenko and Philbin, 2015).
 * :func:`info_nce_loss` turns the other items of a batch into negatives and scores each query
   with a softmax cross-entropy over all keys (van den Oord, Li and Vinyals, 2018).
+* :func:`supervised_contrastive_loss` is InfoNCE with labels: every other sample of the same
+  label is a positive (Khosla et al., 2020).
 * :func:`clip_loss` is InfoNCE in both directions over the ``B x B`` image-text similarity
   matrix (Radford et al., 2021). With ``chunk_size`` it never holds more than
   ``chunk_size x B`` of that matrix, in the forward or the backward pass; under
   :mod:`torch.distributed` it gathers the other processes' features with their gradients.
-  :class:`ClipLoss` owns the learnable temperature.
+  :class:`ClipLoss` owns the learnable temperature (as its logarithm).
 * :func:`soft_target_clip_loss` replaces the identity targets by a softmax of the averaged
   within-modality similarities, so near-duplicates inside a batch share the credit.
 
 torch ships a triplet loss (:func:`torch.nn.functional.triplet_margin_loss`); the one here is
 the readable version, tested against it. torch ships no CLIP loss: :func:`clip_loss` is meant
-for real training.
+for real training. With value checks off (:func:`companion.set_value_checks`), one forward and
+backward pass of :func:`clip_loss` and :class:`ClipLoss` makes no host sync and compiles with
+``torch.compile(fullgraph=True)``.
+
+The row tiling of a ``B x B`` logit matrix (:func:`_row_tiles`, :func:`_tile_logits`) is shared
+with :mod:`companion.siglip`: one tiling, two losses.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from companion._validate import (
+    Reduction,
     check_batch_size,
     check_finite,
     check_int,
@@ -41,8 +49,10 @@ from companion._validate import (
     check_reduction,
     check_same_dtype_device,
     check_same_shape,
+    check_shape,
     check_tensor,
     reduce_loss,
+    value_checks_enabled,
 )
 
 __all__ = [
@@ -53,12 +63,13 @@ __all__ = [
     "paired_views",
     "retrieval_accuracy",
     "soft_target_clip_loss",
+    "supervised_contrastive_loss",
     "triplet_loss",
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# Input checks shared by the losses of this module
+# Input checks shared by the losses of this module (compositions of companion._validate)
 # --------------------------------------------------------------------------------------------
 
 
@@ -74,12 +85,20 @@ def _check_pair(a: Tensor, name_a: str, b: Tensor, name_b: str) -> None:
     check_finite(b, name_b)
 
 
-def _as_scale(value: float | Tensor, name: str) -> tuple[Tensor | float, float]:
-    """Validate a positive scalar that may be a tensor (with gradient) or a Python number.
+def _scale_argument(value: object, name: str, like: Tensor) -> Tensor:
+    """A positive scalar given as a Python number or a scalar tensor, as a 0-d tensor.
 
-    Returns the value to compute with (the tensor itself, so gradients flow, or the float) and
-    its value as a Python float.
+    A tensor keeps its autograd graph (so it receives a gradient). Its positivity is a value
+    check (it reads the tensor: a host sync), so it runs only while value checks are enabled. A
+    bare :class:`torch.nn.Parameter` is refused: open_clip's ``model.logit_scale`` is such a
+    parameter and holds the *log* of the scale, which would be silently used as the scale.
     """
+    if isinstance(value, nn.Parameter):
+        raise TypeError(
+            f"{name} is an nn.Parameter; {name} is the scale s itself, while a learned "
+            f"temperature is usually stored as its log (open_clip's model.logit_scale): pass "
+            f"{name}=param.exp() (or use the loss's module, which owns the log-parameter)"
+        )
     if isinstance(value, Tensor):
         check_tensor(value, name)
         if value.numel() != 1:
@@ -87,11 +106,47 @@ def _as_scale(value: float | Tensor, name: str) -> tuple[Tensor | float, float]:
                 f"{name} must be a scalar (a 0-d or one-element tensor), "
                 f"got shape {tuple(value.shape)}"
             )
-        return value.reshape(()), check_positive(float(value.detach()), name)
+        if value.device != like.device and value.dim() > 0:
+            raise ValueError(f"{name} must be on {like.device}, got {value.device}")
+        if value_checks_enabled():
+            check_positive(value.detach(), name)
+        return value.reshape(())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
-    v = check_positive(value, name)
-    return v, v
+    return torch.tensor(check_positive(value, name), dtype=like.dtype, device=like.device)
+
+
+def _binary_mask(same: object, name: str, like: Tensor) -> Tensor:
+    """A ``(B,)`` bool or 0/1 tensor on ``like``'s device, as ``like``'s dtype.
+
+    The 0/1 test reads the values, so it is a value check. (A generic ``check_binary`` would
+    belong in :mod:`companion._validate`.)
+    """
+    check_tensor(same, name, ndim=1, floating=False)
+    assert isinstance(same, Tensor)
+    check_shape(same, name, (like.shape[0],))
+    if same.is_complex():
+        raise TypeError(f"{name} must be bool or real, got dtype {same.dtype}")
+    if same.device != like.device:
+        raise ValueError(
+            f"{name} must be on the same device as x1 ({like.device}), got {same.device}"
+        )
+    values = same.to(like.dtype)
+    if value_checks_enabled() and bool(((values != 0) & (values != 1)).any()):
+        raise ValueError(f"{name} must hold only 0 and 1 (or False and True)")
+    return values
+
+
+def _integer_labels(labels: object, name: str, batch: int, like: Tensor) -> Tensor:
+    """A ``(batch,)`` tensor of integer labels (any values) on ``like``'s device."""
+    check_tensor(labels, name, ndim=1, floating=False)
+    assert isinstance(labels, Tensor)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
+    check_shape(labels, name, (batch,))
+    if labels.device != like.device:
+        raise ValueError(f"{name} must be on {like.device}, got {labels.device}")
+    return labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +155,7 @@ def _as_scale(value: float | Tensor, name: str) -> tuple[Tensor | float, float]:
 
 
 def contrastive_loss(
-    x1: Tensor, x2: Tensor, same: Tensor, margin: float = 1.0, reduction: str = "mean"
+    x1: Tensor, x2: Tensor, same: Tensor, margin: float = 1.0, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The contrastive loss of Hadsell, Chopra and LeCun (2006) on pairs of embeddings.
 
@@ -116,13 +171,25 @@ def contrastive_loss(
     1 (or True) for a similar pair, which reads more naturally.
 
     Args:
-        x1, x2: embeddings, shape ``(B, D)``, same dtype and device.
-        same: shape ``(B,)``, bool or 0/1 numbers: 1 where the pair matches.
+        x1, x2: embeddings, same dtype and device.
+        same: bool or 0/1 numbers: 1 where the pair matches.
         margin: :math:`m > 0`, the distance beyond which a non-matching pair costs nothing.
-        reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - x1, x2: ``(B, D)``; same: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.contrastive import contrastive_loss
+        >>> x1 = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+        >>> x2 = torch.tensor([[0.6, 0.8], [0.3, 0.4]])
+        >>> contrastive_loss(x1, x2, torch.tensor([True, False]), reduction="none")
+        tensor([0.5000, 0.1250])
     """
     _check_pair(x1, "x1", x2, "x2")
-    same_f = _check_binary(same, "same", x1)
+    same_f = _binary_mask(same, "same", x1)
     check_positive(margin, "margin")
     check_reduction(reduction)
     diff = x1 - x2
@@ -134,29 +201,12 @@ def contrastive_loss(
     return reduce_loss(same_f * pull + (1 - same_f) * push, reduction)
 
 
-def _check_binary(same: object, name: str, like: Tensor) -> Tensor:
-    if not isinstance(same, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(same).__name__}")
-    if same.dim() != 1 or same.shape[0] != like.shape[0]:
-        raise ValueError(f"{name} must have shape ({like.shape[0]},), got {tuple(same.shape)}")
-    if same.is_complex():
-        raise TypeError(f"{name} must be bool or real, got dtype {same.dtype}")
-    if same.device != like.device:
-        raise ValueError(
-            f"{name} must be on the same device as x1 ({like.device}), got {same.device}"
-        )
-    values = same.to(like.dtype)
-    if bool(((values != 0) & (values != 1)).any()):
-        raise ValueError(f"{name} must hold only 0 and 1 (or False and True)")
-    return values
-
-
 def triplet_loss(
     anchor: Tensor,
     positive: Tensor,
     negative: Tensor,
     margin: float = 1.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     *,
     squared: bool = False,
 ) -> Tensor:
@@ -171,10 +221,21 @@ def triplet_loss(
     Schroff et al. 2015, and the large-margin nearest neighbours of Weinberger and Saul, 2009).
 
     Args:
-        anchor, positive, negative: embeddings, shape ``(B, D)``, same dtype and device.
+        anchor, positive, negative: embeddings, same dtype and device.
         margin: :math:`m > 0`.
-        reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         squared: use squared distances.
+
+    Shape:
+        - anchor, positive, negative: ``(B, D)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.contrastive import triplet_loss
+        >>> a = torch.tensor([[0.0, 0.0]])
+        >>> triplet_loss(a, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.5]]), margin=1.0)
+        tensor(0.5000)
     """
     _check_pair(anchor, "anchor", positive, "positive")
     _check_pair(anchor, "anchor", negative, "negative")
@@ -190,12 +251,12 @@ def triplet_loss(
 
 
 # --------------------------------------------------------------------------------------------
-# InfoNCE
+# InfoNCE, and InfoNCE with labels
 # --------------------------------------------------------------------------------------------
 
 
 def info_nce_loss(
-    query: Tensor, key: Tensor, temperature: float = 0.07, reduction: str = "mean"
+    query: Tensor, key: Tensor, temperature: float = 0.07, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""InfoNCE with in-batch negatives: key ``i`` is query ``i``'s positive, the rest negatives.
 
@@ -211,20 +272,110 @@ def info_nce_loss(
     similarity that the temperature is usually tuned for.
 
     Args:
-        query, key: shape ``(B, D)``, same dtype and device.
+        query, key: same dtype and device.
         temperature: :math:`\tau > 0`.
-        reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - query, key: ``(B, D)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.contrastive import info_nce_loss
+        >>> q = torch.eye(3)
+        >>> info_nce_loss(q, q, temperature=1.0)  # log(e + 2) - 1
+        tensor(0.5514)
     """
     _check_pair(query, "query", key, "key")
     check_positive(temperature, "temperature")
     check_reduction(reduction)
     logits = query @ key.T / temperature
     labels = torch.arange(query.shape[0], device=query.device)
-    return F.cross_entropy(logits, labels, reduction=reduction)
+    return reduce_loss(F.cross_entropy(logits, labels, reduction="none"), reduction)
+
+
+def supervised_contrastive_loss(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float = 0.1,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Supervised contrastive loss (SupCon), the paper's :math:`\mathcal L_{\text{out}}` form.
+
+    InfoNCE with labels (Khosla et al., 2020): every other sample with the anchor's label is a
+    positive, every other sample a term of the denominator. For anchor :math:`i` with positives
+    :math:`P(i) = \{p \ne i : y_p = y_i\}` and :math:`A(i) = \{a \ne i\}`,
+
+    .. math::
+
+        \ell_i = -\frac{1}{|P(i)|} \sum_{p \in P(i)}
+        \log \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \in A(i)} \exp(z_i \cdot z_a / \tau)} .
+
+    The :math:`1/|P(i)|` sits outside the log (the paper's "out" form, which it finds better
+    than the "in" form). When every label appears exactly twice this is the InfoNCE of SimCLR
+    (NT-Xent) over the :math:`2N` views.
+
+    **An anchor with no positive** (a label that appears once) has nothing to pull towards:
+    its :math:`\ell_i` is 0 (``reduction="none"``) and it is left out of the mean, which
+    averages over the anchors that have at least one positive; a batch without any positive
+    pair gives 0 with a zero gradient. This is what pytorch-metric-learning's ``SupConLoss``
+    returns too (the original code gives NaN). Unlike ``SupConLoss``, a batch in which every
+    sample has the same label (no negatives) still gets the formula's value, not 0.
+
+    The features are used as given: L2-normalise them first, as the paper does (and as
+    ``SupConLoss`` does inside its cosine similarity).
+
+    Args:
+        features: embeddings ``(N, D)``, or ``(N, V, D)`` for ``V`` views of each of ``N``
+            samples (the views of sample ``n`` share its label, as in the paper's code).
+        labels: integer labels ``(N,)``, any values.
+        temperature: :math:`\tau > 0` (the paper uses 0.1).
+        reduction: ``"none"``, ``"mean"`` (over anchors with a positive) or ``"sum"``.
+
+    Shape:
+        - features: ``(N, D)`` or ``(N, V, D)``; labels: ``(N,)``.
+        - output: scalar, or ``(N,)`` (``(N * V,)`` with views, view-major: all first views,
+          then all second views) with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.contrastive import supervised_contrastive_loss
+        >>> z = F.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.2], [-1.0, -0.2]]))
+        >>> loss = supervised_contrastive_loss(z, torch.tensor([0, 0, 1, 1]), temperature=0.5)
+        >>> round(float(loss), 4)
+        0.0416
+    """
+    check_tensor(features, "features", ndim=(2, 3))
+    check_finite(features, "features")
+    check_positive(temperature, "temperature")
+    check_reduction(reduction)
+    n = features.shape[0]
+    y = _integer_labels(labels, "labels", n, features)
+    if features.dim() == 3:
+        views = features.shape[1]
+        z = features.transpose(0, 1).reshape(n * views, features.shape[2])
+        y = y.repeat(views)
+    else:
+        z = features
+    work = torch.promote_types(z.dtype, torch.float32)
+    logits = (z @ z.T).to(work) / temperature
+    self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, -math.inf)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (y[:, None] == y[None, :]) & ~self_mask
+    count = positive.sum(dim=1)
+    # where=positive keeps -inf (the diagonal) and the negatives out of the sum
+    total = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    per_anchor = (-total / count.clamp(min=1)).to(z.dtype)
+    if reduction == "mean":
+        return per_anchor.sum() / (count > 0).sum().clamp(min=1).to(per_anchor.dtype)
+    return reduce_loss(per_anchor, reduction)
 
 
 # --------------------------------------------------------------------------------------------
-# The CLIP loss: full matrix, tiled, and across processes
+# Row tiles of a B x B logit matrix: shared by the CLIP and the SigLIP losses
 # --------------------------------------------------------------------------------------------
 
 
@@ -233,19 +384,32 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _tile_logits(scaled_queries: Tensor, keys_t: Tensor, out: Tensor) -> Tensor:
-    """``scaled_queries @ keys_t`` written into the first rows of the reusable buffer ``out``."""
+def _row_tiles(rows: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the row tiles of a matrix with ``rows`` rows, ``chunk`` at a time."""
+    return [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
+
+
+def _tile_logits(
+    scaled_queries: Tensor, keys_t: Tensor, out: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """``scaled_queries @ keys_t (+ bias)`` written into the first rows of the buffer ``out``."""
     rows = out[: scaled_queries.shape[0]]
     if out.dtype == scaled_queries.dtype:
-        return torch.mm(scaled_queries, keys_t, out=rows)
-    return rows.copy_(torch.mm(scaled_queries, keys_t))
+        if bias is None:
+            return torch.mm(scaled_queries, keys_t, out=rows)
+        return torch.addmm(bias.to(out.dtype), scaled_queries, keys_t, out=rows)
+    rows.copy_(torch.mm(scaled_queries, keys_t))
+    return rows if bias is None else rows.add_(bias.to(out.dtype))
 
 
-def _tile_logsumexp(logits: Tensor, dim: int, work: Tensor) -> Tensor:
-    """logsumexp of a finite tile along ``dim``, using ``work`` (same shape) as scratch space."""
-    top = logits.amax(dim=dim, keepdim=True)
-    torch.sub(logits, top, out=work).exp_()
-    return work.sum(dim=dim).log_() + top.squeeze(dim)
+def _refuse_double_backward(where: str) -> None:
+    """Raise if a tiled backward runs with ``create_graph=True`` (grad mode is then on)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{where} with chunk_size does not support double backward (create_graph=True, "
+            "as a gradient penalty needs): its backward pass is not itself differentiable. "
+            "Use chunk_size=None, whose full-matrix graph supports higher derivatives."
+        )
 
 
 class _TiledCrossEntropy(torch.autograd.Function):
@@ -273,6 +437,10 @@ class _TiledCrossEntropy(torch.autograd.Function):
     and accumulates :math:`dQ = s\,GK`, :math:`dK = s\,G^\top Q` and
     :math:`ds = \sum_{ij} G_{ij} (QK^\top)_{ij} = \sum_i q_i \cdot (GK)_i`. Two reusable
     ``chunk x n`` buffers hold everything of the matrix that ever exists.
+
+    That is four ``B x B x D`` products (one forward, three backward) where an implementation
+    that keeps the matrix needs three: the column statistics :math:`c_j` depend on every row,
+    so no row's gradient is known before the whole matrix has been seen once.
     """
 
     @staticmethod
@@ -286,22 +454,17 @@ class _TiledCrossEntropy(torch.autograd.Function):
         chunk: int,
     ) -> Tensor:
         acc = _accumulation_dtype(queries.dtype)
-        s = float(scale.detach())
         m, n = queries.shape[0], keys.shape[0]
         keys_t = keys.T
-        scaled = queries * s  # folding s into Q costs O(mD) instead of a pass over each tile
-        tile = min(chunk, m)
-        logits_buf = torch.empty((tile, n), dtype=acc, device=queries.device)
-        work_buf = torch.empty_like(logits_buf)
+        scaled = queries * scale.to(queries.dtype)  # folding s into Q: O(mD), not O(mn)
+        logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
         row_lse = torch.empty(m, dtype=acc, device=queries.device)
         col_lse = torch.full((n if with_columns else 0,), -math.inf, dtype=acc, device=keys.device)
-        for start in range(0, m, chunk):
-            stop = min(start + chunk, m)
+        for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
-            work = work_buf[: stop - start]
-            row_lse[start:stop] = _tile_logsumexp(logits, 1, work)
+            row_lse[start:stop] = torch.logsumexp(logits, dim=1)
             if with_columns:
-                torch.logaddexp(col_lse, _tile_logsumexp(logits, 0, work), out=col_lse)
+                torch.logaddexp(col_lse, torch.logsumexp(logits, dim=0), out=col_lse)
         positive = (scaled.to(acc) * keys[offset : offset + m].to(acc)).sum(dim=1)
         total = row_lse.sum() - positive.sum()
         if with_columns:
@@ -311,28 +474,26 @@ class _TiledCrossEntropy(torch.autograd.Function):
         return total.to(queries.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: Any, grad_total: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+        _refuse_double_backward("clip_loss")
         queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
         offset, with_columns, chunk = ctx.offset, ctx.with_columns, ctx.chunk
         need_q, need_k, need_s = ctx.needs_input_grad[:3]
         dtype, acc = queries.dtype, _accumulation_dtype(queries.dtype)
-        s = float(scale.detach())
+        s = scale.to(dtype)
         g = grad_total.to(acc)
         m, n = queries.shape[0], keys.shape[0]
         keys_t = keys.T
         scaled = queries * s
         positives = 2.0 if with_columns else 1.0
-        tile = min(chunk, m)
-        logits_buf = torch.empty((tile, n), dtype=acc, device=queries.device)
+        logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
         grad_buf = torch.empty_like(logits_buf)
         d_queries = torch.empty_like(queries) if need_q else None
         d_keys = torch.zeros(keys.shape, dtype=acc, device=keys.device) if need_k else None
         d_scale = torch.zeros((), dtype=acc, device=queries.device)
-        for start in range(0, m, chunk):
-            stop = min(start + chunk, m)
+        for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
             grad = grad_buf[: stop - start]
             torch.sub(logits, row_lse[start:stop, None], out=grad).exp_()
@@ -355,7 +516,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
         return (
             d_queries,
             d_keys.mul_(g).to(dtype) if d_keys is not None else None,
-            d_scale.mul_(g).to(scale.dtype) if need_s else None,
+            (d_scale * g).to(scale.dtype) if need_s else None,
             None,
             None,
             None,
@@ -365,24 +526,28 @@ class _TiledCrossEntropy(torch.autograd.Function):
 def _cross_entropy_sum(
     queries: Tensor,
     keys: Tensor,
-    scale: Tensor | float,
+    scale: Tensor,
     offset: int,
     with_columns: bool,
     chunk_size: int | None,
 ) -> Tensor:
     """The sum that :class:`_TiledCrossEntropy` computes, with the full matrix or in tiles."""
     if chunk_size is not None:
-        scale_t = scale if isinstance(scale, Tensor) else queries.new_tensor(scale)
         result: Tensor = _TiledCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            queries, keys, scale_t, offset, with_columns, chunk_size
+            queries, keys, scale, offset, with_columns, chunk_size
         )
         return result
-    logits = scale * (queries @ keys.T)
+    logits = scale.to(queries.dtype) * (queries @ keys.T)
     labels = torch.arange(offset, offset + queries.shape[0], device=queries.device)
     total = F.cross_entropy(logits, labels, reduction="sum")
     if with_columns:
         total = total + F.cross_entropy(logits.T, labels, reduction="sum")
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# torch.distributed helpers, shared with companion.siglip
+# --------------------------------------------------------------------------------------------
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -395,7 +560,7 @@ class _GatherWithGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, local: Tensor, sizes: list[int], rank: int) -> Tensor:
+    def forward(ctx: Any, local: Tensor, sizes: tuple[int, ...], rank: int) -> Tensor:
         width = max(sizes)
         padded = local.new_zeros((width, *local.shape[1:]))
         padded[: local.shape[0]] = local
@@ -419,6 +584,41 @@ def _process_group_size(gather: bool) -> tuple[int, int]:
     return 0, 1
 
 
+def _local_batch_sizes(
+    local: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+    batch_sizes: Sequence[int] | None,
+    group: Any = None,
+) -> tuple[int, ...]:
+    """Every rank's local batch size: from ``batch_sizes`` if given, else one ``all_reduce``.
+
+    The exchange ends in ``.tolist()``, a host sync (the sizes shape the collectives); a caller
+    who knows the sizes (``[B] * world`` with a ``drop_last`` sampler) passes them and skips it.
+    """
+    if batch_sizes is not None:
+        sizes = tuple(check_int(s, "batch_sizes[i]", minimum=1) for s in batch_sizes)
+        if len(sizes) != world:
+            raise ValueError(
+                f"batch_sizes must have one entry per rank ({world}), got {len(sizes)}"
+            )
+        if sizes[rank] != local:
+            raise ValueError(
+                f"batch_sizes[{rank}] must be this rank's batch size {local}, got {sizes[rank]}"
+            )
+        return sizes
+    sizes_t = torch.zeros(world, dtype=torch.long, device=device)
+    sizes_t[rank] = local
+    dist.all_reduce(sizes_t, op=dist.ReduceOp.SUM, group=group)
+    return tuple(int(v) for v in sizes_t.tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# The CLIP loss: full matrix, tiled, and across processes
+# --------------------------------------------------------------------------------------------
+
+
 def clip_loss(
     image_features: Tensor,
     text_features: Tensor,
@@ -426,6 +626,7 @@ def clip_loss(
     chunk_size: int | None = None,
     *,
     gather: bool = True,
+    batch_sizes: Sequence[int] | None = None,
 ) -> Tensor:
     r"""The symmetric InfoNCE loss of CLIP (Radford et al., 2021) over a batch of pairs.
 
@@ -440,6 +641,11 @@ def clip_loss(
 
     the mean of the image-to-text and the text-to-image cross-entropies.
 
+    **The scale, not its log.** ``logit_scale`` is :math:`s = 1/\tau` itself. CLIP and
+    open_clip learn :math:`t = \log s` (open_clip's ``model.logit_scale`` *is* that log): pass
+    ``model.logit_scale.exp()``, never the parameter itself (a bare ``nn.Parameter`` is
+    refused for that reason), or use :class:`ClipLoss`, which owns :math:`t`.
+
     **Normalisation.** The features are used as given. CLIP L2-normalises them first, so
     that :math:`L_{ij} = s \cos\theta_{ij}`; do that in the model
     (``F.normalize(features, dim=-1)``), as open_clip does. The loss is correct for any
@@ -450,7 +656,9 @@ def clip_loss(
     builds the matrix ``chunk_size`` rows at a time in the forward pass (online log-sum-exp for
     the columns), saves only the ``2B`` log-sum-exps, and rebuilds each tile in the backward
     pass: at most a few ``chunk_size x B`` tiles exist at any time. Both give the same value
-    and gradients, up to rounding.
+    and gradients, up to rounding. The tiled backward pass is not differentiable again: a
+    double backward (``create_graph=True``, a gradient penalty) raises a ``RuntimeError``;
+    use ``chunk_size=None`` for that.
 
     **Across processes.** When :mod:`torch.distributed` is initialised (and ``gather`` is
     True), each rank passes its own pairs; the features of all ranks are gathered (with
@@ -459,25 +667,47 @@ def clip_loss(
     world size: the ranks' returned values average to the single-process loss on all ``B``
     pairs, and after the gradient averaging of
     :class:`~torch.nn.parallel.DistributedDataParallel` every parameter has the
-    single-process gradient. This holds for unequal local batch sizes too. Keep the
-    ``logit_scale`` parameter inside the DDP-wrapped module (or average its gradient
-    yourself), and make every rank call this function and its backward pass.
+    single-process gradient. This holds for unequal local batch sizes too; learning them costs
+    one small ``all_reduce`` and a host sync per call, which ``batch_sizes`` (every rank's
+    local batch size, e.g. ``[B_local] * world_size``) skips. Keep the ``logit_scale``
+    parameter inside the DDP-wrapped module (or average its gradient yourself), and make every
+    rank call this function and its backward pass.
+
+    **Production.** With value checks off (:func:`companion.set_value_checks`), a forward and
+    backward pass makes no host sync (with ``batch_sizes`` given under torch.distributed) and
+    the function compiles with ``torch.compile(fullgraph=True)``.
 
     Args:
-        image_features: shape ``(B, D)``, this process's image embeddings.
-        text_features: shape ``(B, D)``, the matching text embeddings, same dtype and device.
-        logit_scale: :math:`s > 0`, the inverse temperature (``exp`` of CLIP's learned
+        image_features: this process's image embeddings.
+        text_features: the matching text embeddings, same dtype and device.
+        logit_scale: :math:`s > 0`, the inverse temperature (``exp`` of the learned
             log-parameter, which CLIP clamps at 100): a float or a scalar tensor, which then
             receives a gradient.
         chunk_size: rows per tile for the memory-lean path; ``None`` builds the full matrix.
         gather: under an initialised process group, gather all ranks' features (the default).
             Set it to False to compute the loss of this rank's batch alone.
+        batch_sizes: under torch.distributed, every rank's local batch size, if known; then
+            no sizes are exchanged.
 
-    Returns:
-        The scalar loss, in the features' dtype.
+    Shape:
+        - image_features, text_features: ``(B, D)``; logit_scale: a number or ``()``.
+        - output: scalar, in the features' dtype.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.contrastive import clip_loss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> image = F.normalize(torch.randn(8, 4, generator=gen), dim=1)
+        >>> text = F.normalize(image + 0.1 * torch.randn(8, 4, generator=gen), dim=1)
+        >>> log_scale = torch.tensor(2.0, requires_grad=True)  # learned as a log
+        >>> loss = clip_loss(image, text, log_scale.exp(), chunk_size=3)
+        >>> loss.backward()
+        >>> torch.allclose(loss, clip_loss(image, text, log_scale.exp().detach()))
+        True
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
-    scale, _ = _as_scale(logit_scale, "logit_scale")
+    scale = _scale_argument(logit_scale, "logit_scale", image_features)
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", minimum=1)
     rank, world = _process_group_size(gather)
@@ -485,10 +715,7 @@ def clip_loss(
         total = _cross_entropy_sum(image_features, text_features, scale, 0, True, chunk_size)
         return total / (2 * image_features.shape[0])
     local = image_features.shape[0]
-    sizes_t = torch.zeros(world, dtype=torch.long, device=image_features.device)
-    sizes_t[rank] = local
-    dist.all_reduce(sizes_t, op=dist.ReduceOp.SUM)
-    sizes = [int(v) for v in sizes_t.tolist()]
+    sizes = _local_batch_sizes(local, rank, world, image_features.device, batch_sizes)
     pairs = torch.cat([image_features, text_features], dim=1)  # one collective for both
     both: Tensor = _GatherWithGradient.apply(pairs, sizes, rank)  # type: ignore[no-untyped-call]
     dim = image_features.shape[1]
@@ -525,38 +752,60 @@ def soft_target_clip_loss(
     flows through the targets), as labels are. With distinct unit-norm features and
     :math:`t \to \infty`, ``Q`` tends to the identity and the loss to :func:`clip_loss`.
 
+    The full ``B x B`` matrices are built (there is no chunked version), from this process's
+    batch only: nothing is gathered under :mod:`torch.distributed`.
+
     Args:
-        image_features, text_features: shape ``(B, D)``, usually L2-normalised.
-        logit_scale: :math:`s > 0`, the inverse temperature of the logits (float or tensor).
+        image_features, text_features: usually L2-normalised.
+        logit_scale: :math:`s > 0`, the inverse temperature of the logits (float or tensor;
+            the scale, not its log, as in :func:`clip_loss`).
         target_scale: :math:`t > 0`, the inverse temperature of the targets; by default the
             same value as ``logit_scale``. (Both *multiply* similarities: an inverse
             temperature, not a temperature.)
 
-    Returns:
-        The scalar loss. The full ``B x B`` matrices are built (there is no chunked version),
-        from this process's batch only: nothing is gathered under :mod:`torch.distributed`.
+    Shape:
+        - image_features, text_features: ``(B, D)``.
+        - output: scalar.
+
+    Examples:
+        >>> import torch
+        >>> from companion.contrastive import clip_loss, soft_target_clip_loss
+        >>> x = torch.eye(4)
+        >>> sharp = soft_target_clip_loss(x, x, 5.0, target_scale=1e4)  # targets -> identity
+        >>> torch.allclose(sharp, clip_loss(x, x, 5.0))
+        True
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
-    scale, scale_value = _as_scale(logit_scale, "logit_scale")
-    t = scale_value if target_scale is None else check_positive(target_scale, "target_scale")
+    scale = _scale_argument(logit_scale, "logit_scale", image_features)
+    if target_scale is None:
+        t: Tensor | float = scale.detach()
+    else:
+        t = check_positive(target_scale, "target_scale")
     with torch.no_grad():
         similarity = (image_features @ image_features.T + text_features @ text_features.T) / 2
         targets = torch.softmax(similarity * t, dim=1)
-    logits = scale * (image_features @ text_features.T)
+    logits = scale.to(image_features.dtype) * (image_features @ text_features.T)
     image_to_text = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
     text_to_image = -(targets * torch.log_softmax(logits.T, dim=1)).sum(dim=1)
     return (image_to_text.mean() + text_to_image.mean()) / 2
 
 
 class ClipLoss(nn.Module):
-    r"""The CLIP loss with its learnable temperature.
+    r"""The CLIP loss with its learnable temperature, stored as a log.
 
-    Holds the log of the inverse temperature, :math:`t`, initialised to
-    :math:`\log(1/\tau_0)` (CLIP uses :math:`\tau_0 = 0.07`), and computes
+    Holds the log of the inverse temperature, the parameter :attr:`log_scale` :math:`= t`,
+    initialised to :math:`\log(1/\tau_0)` (CLIP uses :math:`\tau_0 = 0.07`), and computes
     :func:`clip_loss` with ``logit_scale`` :math:`= \min(e^{t}, s_{\max})`. Learning
     :math:`t` rather than :math:`\tau` keeps the scale positive and makes steps
     multiplicative; the clamp at :math:`s_{\max} = 100` (as in CLIP) stops the logits from
-    growing without bound, and has zero gradient once reached.
+    growing without bound, and has zero gradient once reached. :attr:`logit_scale` is the
+    scale :math:`s` (open_clip's ``model.logit_scale`` is :math:`t`: the same number only
+    after ``.exp()``).
+
+    **Give its parameters to the optimiser**: the temperature is a parameter of this module,
+    not of the encoders, so ``torch.optim.AdamW([*model.parameters(), *loss.parameters()])``
+    (or make the loss a submodule of the model). Forgetting it leaves :math:`\tau` at
+    :math:`\tau_0` silently. CLIP applies no weight decay to :math:`t`.
 
     Args:
         temperature: initial temperature :math:`\tau_0 > 0`.
@@ -564,6 +813,25 @@ class ClipLoss(nn.Module):
         chunk_size: passed to :func:`clip_loss` (``None``: full matrix).
         learn_temperature: if False the temperature is a fixed buffer-like parameter
             (``requires_grad=False``).
+
+    Shape:
+        - forward's image_features, text_features: ``(B, D)``.
+        - output: scalar.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.contrastive import ClipLoss
+        >>> loss_fn = ClipLoss(temperature=0.07, chunk_size=4)
+        >>> encoder = torch.nn.Linear(6, 3)
+        >>> optimiser = torch.optim.SGD([*encoder.parameters(), *loss_fn.parameters()], lr=0.1)
+        >>> x = torch.randn(8, 6)
+        >>> loss = loss_fn(F.normalize(encoder(x), dim=1), F.normalize(encoder(x + 0.1), dim=1))
+        >>> loss.backward()
+        >>> loss_fn.log_scale.grad is not None
+        True
+        >>> round(float(loss_fn.logit_scale.detach()), 2)  # the scale 1 / 0.07, not its log
+        14.29
     """
 
     def __init__(
@@ -586,12 +854,29 @@ class ClipLoss(nn.Module):
 
     @property
     def logit_scale(self) -> Tensor:
-        """The current inverse temperature :math:`\\min(e^{t}, s_{\\max})`."""
+        """The current inverse temperature :math:`\\min(e^{t}, s_{\\max})` (the scale)."""
         return torch.clamp(self.log_scale.exp(), max=self.max_scale)
 
-    def forward(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        *,
+        batch_sizes: Sequence[int] | None = None,
+    ) -> Tensor:
+        """The CLIP loss of a batch of ``(B, D)`` feature pairs at the learned temperature.
+
+        Calls :func:`clip_loss` with ``logit_scale`` = :attr:`logit_scale` (so its gradient
+        reaches :attr:`log_scale`) and this module's ``chunk_size``. Under torch.distributed,
+        ``batch_sizes`` (every rank's local batch size) skips the size exchange; see
+        :func:`clip_loss` for what each rank returns.
+        """
         return clip_loss(
-            image_features, text_features, self.logit_scale, chunk_size=self.chunk_size
+            image_features,
+            text_features,
+            self.logit_scale,
+            chunk_size=self.chunk_size,
+            batch_sizes=batch_sizes,
         )
 
     def extra_repr(self) -> str:
@@ -636,8 +921,18 @@ def paired_views(
         generator: draws the latents and the noise.
 
     Returns:
-        ``(view_a, view_b, group)``: float32 tensors of shapes ``(n, dims[0])`` and
-        ``(n, dims[1])``, and ``group`` (long, shape ``(n,)``), the index of each pair's latent.
+        ``(view_a, view_b, group)``: float32 tensors and ``group``, the index of each pair's
+        latent.
+
+    Shape:
+        - view_a: ``(n, dims[0])``; view_b: ``(n, dims[1])``; group: ``(n,)``, int64.
+
+    Examples:
+        >>> import torch
+        >>> from companion.contrastive import paired_views
+        >>> a, b, group = paired_views(5, generator=torch.Generator().manual_seed(0))
+        >>> a.shape, b.shape, group.tolist()
+        (torch.Size([5, 32]), torch.Size([5, 24]), [0, 1, 2, 3, 4])
     """
     check_int(n, "n", minimum=1)
     check_int(latent_dim, "latent_dim", minimum=1)
@@ -664,16 +959,29 @@ def retrieval_accuracy(query: Tensor, keys: Tensor, group: Tensor | None = None)
     """Top-1 retrieval accuracy: the fraction of queries whose most similar key is their own.
 
     Similarity is the dot product (pass normalised features for the cosine). With ``group``,
-    retrieving any key of the same group (a duplicate) also counts as correct.
+    retrieving any key of the same group (a duplicate) also counts as correct. A metric, not a
+    loss: it returns a Python float (one host sync).
 
     Args:
-        query, keys: shape ``(B, D)``; query ``i``'s match is key ``i``.
-        group: optional, shape ``(B,)``, integer group of each pair.
+        query, keys: query ``i``'s match is key ``i``.
+        group: optional integer group of each pair.
+
+    Shape:
+        - query, keys: ``(B, D)``; group: ``(B,)``.
+        - output: a Python float in ``[0, 1]``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.contrastive import retrieval_accuracy
+        >>> x = torch.eye(3)
+        >>> retrieval_accuracy(x, x), retrieval_accuracy(x, x.roll(1, 0))
+        (1.0, 0.0)
     """
     _check_pair(query, "query", keys, "keys")
     best = (query @ keys.T).argmax(dim=1)
     if group is None:
         hits = best == torch.arange(query.shape[0], device=query.device)
     else:
-        hits = group[best] == group
+        g = _integer_labels(group, "group", query.shape[0], query)
+        hits = g[best] == g
     return float(hits.double().mean())

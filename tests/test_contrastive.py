@@ -16,12 +16,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import ContrastiveLoss as PMLContrastiveLoss
+from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
 from pytorch_metric_learning.losses import TripletMarginLoss as PMLTripletMarginLoss
 from pytorch_metric_learning.reducers import DoNothingReducer
-from torch import Tensor
+from torch import Tensor, nn
 
+import companion
 from companion import contrastive as C
 from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite
+from tests.host_syncs import count_host_syncs
 
 F64 = torch.float64
 
@@ -112,11 +115,29 @@ def test_clip_gradcheck(chunk: int | None) -> None:
 
 def test_tiled_version_refuses_double_backward_loudly() -> None:
     image = unit(5, 3, 8).requires_grad_()
-    (grad,) = torch.autograd.grad(
-        C.clip_loss(image, unit(5, 3, 9), 2.0, 2), image, create_graph=True
+    with pytest.raises(RuntimeError, match=r"chunk_size does not support double backward"):
+        torch.autograd.grad(C.clip_loss(image, unit(5, 3, 9), 2.0, 2), image, create_graph=True)
+
+
+def test_gradient_penalty_through_the_tiles_is_an_error_not_a_wrong_answer() -> None:
+    # issue 11, finding 6: a gradient penalty on an encoder whose loss also has a term of its own
+    # used to drop the tiled loss's second-order term silently; the full matrix supports it
+    gen = torch.Generator().manual_seed(40)
+    x, y = torch.randn(2, 6, 4, generator=gen, dtype=F64)
+    weight = torch.randn(4, 3, generator=gen, dtype=F64, requires_grad=True)
+
+    def penalty(chunk: int | None) -> Tensor:
+        loss = C.clip_loss(x @ weight, y @ weight, 2.0, chunk) + (weight**3).sum()
+        (g,) = torch.autograd.grad(loss, weight, create_graph=True)
+        return g.pow(2).sum()
+
+    (second_order,) = torch.autograd.grad(penalty(None), weight)
+    (without_clip,) = torch.autograd.grad(
+        torch.autograd.grad((weight**3).sum(), weight, create_graph=True)[0].pow(2).sum(), weight
     )
-    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
-        torch.autograd.grad(grad.sum(), image)
+    assert not torch.allclose(second_order, without_clip)  # the CLIP term matters
+    with pytest.raises(RuntimeError, match=r"double backward .* chunk_size=None"):
+        penalty(3)
 
 
 def test_clip_is_symmetric_info_nce_and_does_not_normalise() -> None:
@@ -448,3 +469,205 @@ def test_other_bad_input() -> None:
         C.ClipLoss(temperature=0.0)
     with pytest.raises(ValueError, match=r"n_latents must be at least 1"):
         C.paired_views(4, n_latents=0)
+
+
+def test_retrieval_group_of_the_wrong_length_is_a_clear_error() -> None:
+    # issue 11, finding 10: used to be a raw IndexError
+    x = unit(6, 3, 31, torch.float32)
+    with pytest.raises(ValueError, match=r"group must have shape \(6,\), got \(4,\)"):
+        C.retrieval_accuracy(x, x, group=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"group must hold integer labels"):
+        C.retrieval_accuracy(x, x, group=torch.zeros(6))
+
+
+def test_a_log_parameter_is_not_taken_for_the_scale() -> None:
+    # open_clip's model.logit_scale is nn.Parameter(log(1 / 0.07)): passing it means s = 2.66
+    image, text = unit(4, 3, 32), unit(4, 3, 33)
+    log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), dtype=F64))
+    with pytest.raises(TypeError, match=r"logit_scale is an nn.Parameter.*\.exp\(\)"):
+        C.clip_loss(image, text, log_scale)
+    torch.testing.assert_close(
+        C.clip_loss(image, text, log_scale.exp()), C.clip_loss(image, text, 1 / 0.07)
+    )
+    assert C.ClipLoss.forward.__doc__ and "optimiser" in (C.ClipLoss.__doc__ or "")
+
+
+# --------------------------------------------------------------------------------------------
+# The production contract: no host sync, torch.compile, doctests
+# --------------------------------------------------------------------------------------------
+
+CHUNKED_MODULE, FULL_MODULE = C.ClipLoss(chunk_size=4), C.ClipLoss()
+CLIP_CALLS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "clip_loss full": lambda i, t, s: C.clip_loss(i, t, s),
+    "clip_loss chunked": lambda i, t, s: C.clip_loss(i, t, s, chunk_size=3),
+    "ClipLoss": lambda i, t, s: CHUNKED_MODULE(i, t) * s,
+    "ClipLoss full": lambda i, t, s: FULL_MODULE(i, t) * s,
+}
+
+
+@pytest.mark.parametrize("name", list(CLIP_CALLS))
+def test_no_host_sync_with_value_checks_off(name: str) -> None:
+    # issue 11, item 1: 4 (full) and 6 (chunked) host syncs per step before
+    fn = CLIP_CALLS[name]
+    image = unit(10, 4, 34, torch.float32).requires_grad_()
+    text = unit(10, 4, 35, torch.float32).requires_grad_()
+    scale = torch.tensor(5.0, requires_grad=True)
+    with companion.value_checks(False), count_host_syncs() as syncs:
+        fn(image, text, scale).backward()
+    assert syncs() == 0
+    with count_host_syncs() as syncs:  # value checks on: they do read the data
+        fn(image, text, scale).backward()
+    assert syncs() > 0
+
+
+@pytest.mark.parametrize("name", list(CLIP_CALLS))
+def test_compiles_as_one_graph_and_equals_eager(name: str) -> None:
+    fn = CLIP_CALLS[name]
+    inputs = (unit(10, 4, 36, torch.float32), unit(10, 4, 37, torch.float32), torch.tensor(5.0))
+    torch._dynamo.reset()
+    with companion.value_checks(False):
+        eager = values_and_grads(fn, *inputs)
+        compiled = values_and_grads(torch.compile(fn, fullgraph=True, backend="aot_eager"), *inputs)
+    for name_, e, c in zip(("loss", "d image", "d text", "d scale"), eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=name_)
+
+
+def test_chunked_clip_compiles_with_inductor_and_equals_eager() -> None:
+    def fn(i: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        return C.clip_loss(i, t, s, chunk_size=4)
+
+    inputs = (unit(9, 4, 38, torch.float32), unit(9, 4, 39, torch.float32), torch.tensor(3.0))
+    torch._dynamo.reset()
+    eager = values_and_grads(fn, *inputs)
+    compiled = values_and_grads(torch.compile(fn, fullgraph=True), *inputs)  # checks skipped
+    for e, c in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(C, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+    public = [getattr(C, name) for name in C.__all__]
+    for obj in public:
+        assert "Examples:" in (obj.__doc__ or ""), obj.__name__
+        assert "Shape:" in (obj.__doc__ or ""), obj.__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Supervised contrastive loss
+# --------------------------------------------------------------------------------------------
+
+
+def naive_supcon(z: Tensor, labels: Tensor, tau: float) -> Tensor:
+    """L_out written with Python loops over anchors and positives (0 for no positive)."""
+    n = z.shape[0]
+    out = []
+    for i in range(n):
+        others = [a for a in range(n) if a != i]
+        denominator = torch.logsumexp(torch.stack([z[i] @ z[a] / tau for a in others]), 0)
+        positives = [p for p in others if labels[p] == labels[i]]
+        terms = [z[i] @ z[p] / tau - denominator for p in positives]
+        out.append(-torch.stack(terms).mean() if terms else z.new_zeros(()))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_supcon_equals_pml_supconloss_with_gradients(seed: int, temperature: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.randn(14, 5, generator=gen, dtype=F64) * 2
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 3, 4, 5, 6])  # 4, 5, 6: no positive
+    # PML's cosine similarity normalises inside: normalise ours too, then compare d/d raw
+    ours = values_and_grads(
+        lambda x: C.supervised_contrastive_loss(F.normalize(x, dim=1), labels, temperature), raw
+    )
+    theirs = values_and_grads(lambda x: PMLSupConLoss(temperature=temperature)(x, labels), raw)
+    z = F.normalize(raw, dim=1)
+    for o, t in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(o, t, rtol=1e-10, atol=1e-12)
+    per_anchor = C.supervised_contrastive_loss(z, labels, temperature, "none")
+    torch.testing.assert_close(per_anchor, naive_supcon(z, labels, temperature))
+    assert per_anchor[-3:].eq(0).all()
+    torch.testing.assert_close(
+        C.supervised_contrastive_loss(z, labels, temperature, "sum"), per_anchor.sum()
+    )
+
+
+def test_supcon_with_each_label_twice_is_simclr_info_nce() -> None:
+    # two views of 6 samples: the positive of view 1 of sample n is view 2 of sample n, and the
+    # denominator runs over the other 2N - 1 views (NT-Xent)
+    views = unit(12, 4, 41).reshape(6, 2, 4)
+    labels = torch.arange(6)
+    got = C.supervised_contrastive_loss(views, labels, 0.2, "none")
+    z = torch.cat([views[:, 0], views[:, 1]])  # view-major
+    logits = (z @ z.T / 0.2).masked_fill(torch.eye(12, dtype=torch.bool), -math.inf)
+    partner = torch.cat([torch.arange(6, 12), torch.arange(6)])
+    torch.testing.assert_close(got, F.cross_entropy(logits, partner, reduction="none"))
+    # the same through the 2-D form with the labels written out
+    flat = C.supervised_contrastive_loss(z, torch.cat([labels, labels]), 0.2)
+    torch.testing.assert_close(flat, got.mean())
+
+
+def test_supcon_without_positives_is_zero_and_gradcheck() -> None:
+    z = unit(5, 3, 42).requires_grad_()
+    loss = C.supervised_contrastive_loss(z, torch.arange(5))
+    assert loss == 0
+    (g,) = torch.autograd.grad(loss, z)
+    assert g.eq(0).all()
+    labels = torch.tensor([0, 1, 0, 1, 2], dtype=torch.int32)
+    assert torch.autograd.gradcheck(
+        lambda x: C.supervised_contrastive_loss(x, labels, 0.3), (unit(5, 3, 43).requires_grad_(),)
+    )
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_supcon_finite_in_low_precision(dtype: torch.dtype) -> None:
+    z = unit(8, 4, 44, dtype).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    loss = C.supervised_contrastive_loss(z, labels, 0.05)
+    assert loss.dtype == dtype
+    assert_finite(loss, *torch.autograd.grad(loss, z))
+    want = C.supervised_contrastive_loss(z.detach().double(), labels, 0.05)
+    torch.testing.assert_close(loss.double(), want, rtol=3e-2, atol=3e-2)
+
+
+def test_supcon_no_host_sync_and_compiles() -> None:
+    z = unit(8, 4, 45, torch.float32).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
+    with companion.value_checks(False), count_host_syncs() as syncs:
+        C.supervised_contrastive_loss(z, labels).backward()
+    assert syncs() == 0
+
+    def fn(x: Tensor) -> Tensor:
+        return C.supervised_contrastive_loss(x, labels)
+
+    torch._dynamo.reset()
+    eager = values_and_grads(fn, z)
+    compiled = values_and_grads(torch.compile(fn, fullgraph=True, backend="aot_eager"), z)
+    for e, c in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+
+
+def test_supcon_bad_input() -> None:
+    z = unit(4, 3, 46)
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\), got \(3,\)"):
+        C.supervised_contrastive_loss(z, labels[:3])
+    with pytest.raises(TypeError, match=r"labels must hold integer labels, got dtype torch.float"):
+        C.supervised_contrastive_loss(z, labels.float())
+    with pytest.raises(TypeError, match=r"labels must hold integer labels, got dtype torch.bool"):
+        C.supervised_contrastive_loss(z, labels.bool())
+    with pytest.raises(ValueError, match=r"features must have 2 or 3 dimension"):
+        C.supervised_contrastive_loss(z[0], labels)
+    with pytest.raises(ValueError, match=r"temperature must be a finite positive number"):
+        C.supervised_contrastive_loss(z, labels, temperature=0.0)
+    with pytest.raises(TypeError, match=r"temperature must be a real number"):
+        C.supervised_contrastive_loss(z, labels, temperature="0.1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"features contains NaN"):
+        C.supervised_contrastive_loss(z.clone().fill_(math.nan), labels)
+    with pytest.raises(ValueError, match=r"features must be finite"):
+        C.supervised_contrastive_loss(z.clone().fill_(math.inf), labels)
+    with pytest.raises(ValueError, match=r"reduction must be one of"):
+        C.supervised_contrastive_loss(z, labels, reduction="avg")  # type: ignore[arg-type]
