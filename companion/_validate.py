@@ -109,8 +109,15 @@ def check_tensor(
     floating: bool = True,
     allow_empty: bool = False,
     allow_nan: bool = False,
+    allow_inf: bool = False,
 ) -> Tensor:
     """Check that ``x`` is a tensor of the expected kind and return it.
+
+    The policy for non-finite entries, one for the whole package: a loss refuses NaN and
+    +-inf in its inputs (a clear error while value checks are on); the few functions whose
+    value at an infinity is an exact limit (the sigmoid family, softmax, log-softmax and
+    log-sum-exp, which treat ``-inf`` as a masked entry) accept infinities with
+    ``allow_inf=True`` and return that limit.
 
     Args:
         x: the value to check.
@@ -118,14 +125,14 @@ def check_tensor(
         ndim: required number of dimensions (an int, or a sequence of allowed ints).
         floating: require a floating-point dtype (float16, bfloat16, float32, float64).
         allow_empty: accept a tensor with zero elements.
-        allow_nan: accept NaN entries (infinities are always accepted here; losses that
-            cannot handle them call :func:`check_finite`).
+        allow_nan: skip the value check entirely (the caller checks the values it uses).
+        allow_inf: accept +-inf entries (NaN is still refused).
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if floating and not x.is_floating_point():
         raise TypeError(
-            f"{name} must be a floating-point tensor (float32, float64 or bfloat16), "
+            f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), "
             f"got dtype {x.dtype}; convert it with .float()"
         )
     if ndim is not None:
@@ -137,13 +144,17 @@ def check_tensor(
             )
     if not allow_empty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {_shape(x)}")
-    if (
-        not allow_nan
-        and x.is_floating_point()
-        and value_checks_enabled()
-        and bool(torch.isnan(x).any())
-    ):
-        raise ValueError(f"{name} contains NaN")
+    if not allow_nan and x.is_floating_point() and value_checks_enabled():
+        if allow_inf:
+            if bool(torch.isnan(x).any()):
+                raise ValueError(f"{name} contains NaN")
+        elif not bool(torch.isfinite(x).all()):
+            if bool(torch.isnan(x).any()):
+                raise ValueError(f"{name} contains NaN")
+            raise ValueError(
+                f"{name} must be finite, got an infinite entry (this loss has no limit to "
+                "return there)"
+            )
     return x
 
 
@@ -321,25 +332,23 @@ def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> T
     """Apply ``reduction`` to an unreduced loss: the one reduction rule of the package.
 
     As in torch.nn.functional: ``"none"`` returns the per-element loss, ``"sum"`` its sum,
-    ``"mean"`` its mean. With ``weight`` (broadcastable to ``loss``) the loss is multiplied by
-    it first and ``"mean"`` is the weighted average ``sum(w * l) / sum(w)``, which is how
-    ``F.cross_entropy`` and ``F.nll_loss`` average class-weighted losses.
+    ``"mean"`` its mean. With ``weight`` (broadcastable to ``loss``, non-negative) the loss is
+    multiplied by it first and ``"mean"`` is the weighted average ``sum(w * l) / sum(w)``,
+    which is how ``F.cross_entropy`` and ``F.nll_loss`` average class-weighted losses.
 
-    Weights that are all zero leave that average undefined: with value checks on it raises
-    ``ValueError``; with them off the result is NaN (0 / 0), as in torch.
+    Weights that are all zero: the weighted mean is then 0 (no weight, no loss, and a zero
+    gradient), as in TensorFlow, where torch would return NaN (0 / 0). Computed without a host
+    sync.
     """
     check_reduction(reduction)
     if weight is not None:
         loss = loss * weight
     if reduction == "none":
         return loss
+    total = loss.sum()
     if reduction == "sum":
-        return loss.sum()
-    if weight is not None:
-        total = weight.expand_as(loss).sum() if weight.shape != loss.shape else weight.sum()
-        if value_checks_enabled() and bool(total == 0):
-            raise ValueError(
-                "weight must not be all zero with reduction='mean': the weighted mean is 0 / 0"
-            )
-        return loss.sum() / total
-    return loss.mean()
+        return total
+    if weight is None:
+        return loss.mean()
+    denominator = torch.broadcast_to(weight, loss.shape).sum()
+    return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))

@@ -46,18 +46,20 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._numerics import normalize
 from companion._validate import (
     check_batch_size,
     check_class_index,
+    check_finite,
     check_int,
     check_positive,
     check_reduction,
     check_same_dtype_device,
     check_tensor,
     reduce_loss,
+    value_checks_enabled,
 )
 
 __all__ = [
@@ -73,9 +75,6 @@ __all__ = [
 #: The distances the loss understands.
 DISTANCES: tuple[str, ...] = ("cosine", "l2", "kl")
 
-_NORM_EPS = 1e-12  # floor for vector norms, as in torch.nn.functional.normalize
-
-
 def _check_distance(distance: str) -> str:
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -90,14 +89,14 @@ def _check_options(radius: float, temperature: float | None) -> None:
 
 def _constrain(class_embeddings: Tensor, radius: float) -> Tensor:
     """Rescale every class embedding to norm ``radius`` (the norm constraint)."""
-    return radius * F.normalize(class_embeddings, dim=-1, eps=_NORM_EPS)
+    return radius * normalize(class_embeddings, dim=-1)
 
 
 def _distance(u: Tensor, v: Tensor, distance: str) -> Tensor:
     """Row-wise distance between broadcastable ``u`` and ``v`` (last dimension reduced)."""
     if distance == "cosine":
-        un = F.normalize(u, dim=-1, eps=_NORM_EPS)
-        vn = F.normalize(v, dim=-1, eps=_NORM_EPS)
+        un = normalize(u, dim=-1)
+        vn = normalize(v, dim=-1)
         return 1 - (un * vn).sum(dim=-1)
     if distance == "l2":
         return ((u - v) ** 2).sum(dim=-1)
@@ -133,7 +132,7 @@ def _all_pairs_mean(c: Tensor, distance: str) -> Tensor:
     pairs = k * (k - 1) / 2
     if distance == "cosine":
         # sum_{a<b} cos = (|sum_a u_a|^2 - K) / 2 for unit vectors u_a
-        u = F.normalize(c, dim=-1, eps=_NORM_EPS)
+        u = normalize(c, dim=-1)
         cos_sum = 0.5 * (u.sum(dim=0).pow(2).sum() - (u * u).sum())
         return 1 - cos_sum / pairs
     if distance == "l2":
@@ -148,7 +147,7 @@ def _all_pairs_mean(c: Tensor, distance: str) -> Tensor:
 def _pair_matrix(c: Tensor, distance: str) -> Tensor:
     """The K x K matrix of distances between class embeddings."""
     if distance == "cosine":
-        u = F.normalize(c, dim=-1, eps=_NORM_EPS)
+        u = normalize(c, dim=-1)
         return 1 - u @ u.T
     if distance == "l2":
         sq = c.pow(2).sum(dim=-1)
@@ -219,15 +218,16 @@ def _check_negatives(negatives: object, target: Tensor, num_classes: int) -> Ten
     check_class_index(negatives, "negatives", num_classes)
     check_batch_size(target, "target", negatives, "negatives")
     negatives = negatives if negatives.dim() == 2 else negatives[:, None]
-    clash = negatives == target[:, None]
-    if bool(clash.any()):
-        row = int(clash.any(dim=1).nonzero()[0])
-        own = int(target[row])
-        raise ValueError(
-            "negatives must differ from target (a class cannot be its own negative), "
-            f"got sample {row} of class {own} with {own} among its negatives"
-        )
-    return negatives
+    if value_checks_enabled():
+        clash = negatives == target[:, None]
+        if bool(clash.any()):
+            row = int(clash.any(dim=1).nonzero()[0])
+            own = int(target[row])
+            raise ValueError(
+                "negatives must differ from target (a class cannot be its own negative), "
+                f"got sample {row} of class {own} with {own} among its negatives"
+            )
+    return negatives.long()
 
 
 def min_max_loss(
@@ -270,7 +270,9 @@ def min_max_loss(
     _check_options(radius, temperature)
     check_positive(separation_weight, "separation_weight", allow_zero=True)
     check_tensor(features, "features", ndim=2)
+    check_finite(features, "features")
     _check_class_embeddings(class_embeddings)
+    check_finite(class_embeddings, "class_embeddings")
     check_same_dtype_device(features, "features", class_embeddings, "class_embeddings")
     if features.shape[1] != class_embeddings.shape[1]:
         raise ValueError(
@@ -278,10 +280,9 @@ def min_max_loss(
             f"({features.shape[1]}), got shape {tuple(class_embeddings.shape)}"
         )
     num_classes = class_embeddings.shape[0]
-    check_class_index(target, "target", num_classes)
-    check_batch_size(features, "features", target, "target")
-    if target.dim() != 1:
-        raise ValueError(f"target must have shape (N,), got {tuple(target.shape)}")
+    if isinstance(target, Tensor) and target.dim() >= 1:
+        check_batch_size(features, "features", target, "target")
+    target = check_class_index(target, "target", num_classes, batch_shape=(features.shape[0],))
 
     c = _constrain(class_embeddings, radius)
     pull = _distance(features, c[target], distance)
@@ -392,6 +393,8 @@ class LabelEmbeddingClassifier(nn.Module):
         radius: float = 1.0,
         separation_weight: float = 1.0,
         temperature: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_int(in_features, "in_features", minimum=1)
@@ -399,9 +402,15 @@ class LabelEmbeddingClassifier(nn.Module):
         check_int(embedding_dim, "embedding_dim", minimum=1)
         _check_distance(distance)
         _check_options(radius, temperature)
-        self.encoder = nn.Linear(in_features, embedding_dim) if encoder is None else encoder
+        self.encoder = (
+            nn.Linear(in_features, embedding_dim, device=device, dtype=dtype)
+            if encoder is None
+            else encoder
+        )
         #: The unconstrained class embeddings; use :attr:`class_embeddings` for the constrained.
-        self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim))
+        self.weight = nn.Parameter(
+            torch.randn(num_classes, embedding_dim, device=device, dtype=dtype)
+        )
         self.distance = distance
         self.scale = check_positive(scale, "scale")
         self.radius = radius
@@ -418,13 +427,14 @@ class LabelEmbeddingClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The features :math:`f`, shape ``(N, embedding_dim)``."""
         check_tensor(x, "x", ndim=2)
+        check_finite(x, "x")
         features: Tensor = self.encoder(x)
         return features
 
     def scores(self, x: Tensor) -> Tensor:
         r"""Per-class scores :math:`\sigma(s\cos(f, \tilde c_k))`, shape ``(N, K)``, in (0, 1)."""
-        f = F.normalize(self(x), dim=-1, eps=_NORM_EPS)
-        c = F.normalize(self.weight, dim=-1, eps=_NORM_EPS)
+        f = normalize(self(x), dim=-1)
+        c = normalize(self.weight, dim=-1)
         return torch.sigmoid(self.scale * f @ c.T)
 
     def predict_labels(self, x: Tensor, threshold: float = 0.5) -> Tensor:

@@ -194,7 +194,7 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
         ValueError: if a threshold lies outside :math:`[0, 1]`, or a per-label ``threshold``
             does not have shape ``(C,)``.
     """
-    check_tensor(logits, "logits", allow_empty=True)
+    check_tensor(logits, "logits", allow_empty=True, allow_inf=True)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     if isinstance(threshold, Tensor):
         check_tensor(threshold, "threshold", ndim=1)

@@ -1,8 +1,12 @@
 r"""The logistic sigmoid, its derivatives and its logarithms, computed stably.
 
 Every function here is elementwise, accepts a floating tensor of any shape (float32, float64,
-bfloat16, on any device) and returns a tensor of the same shape, dtype and device. Gradients
-come from autograd and stay finite for every finite input, including :math:`|x| = 10^4`.
+bfloat16, float16, on any device) and returns a tensor of the same shape, dtype and device.
+Gradients come from autograd and stay finite for every finite input, including
+:math:`|x| = 10^4`. At :math:`\pm\infty` each function returns its exact limit (for example
+:math:`\sigma(\infty) = 1`, :math:`\operatorname{softplus}(-\infty) = 0`,
+:math:`\log\sigma(-\infty) = -\infty`) with a finite gradient; NaN is refused while value checks
+are on.
 
 The trick used throughout is to never evaluate :math:`e^{t}` for a large positive :math:`t`:
 all exponentials are of :math:`-|x|`, which lies in :math:`(0, 1]`.
@@ -23,13 +27,14 @@ __all__ = ["log1m_sigmoid", "log_sigmoid", "logit", "sigmoid", "sigmoid_grad", "
 
 
 def _neg_abs(x: Tensor) -> Tensor:
-    """:math:`-|x|`, written so that its derivative at 0 is the one-sided value -1 or +1.
+    """:math:`-|x|`, written so that its derivative at 0 is the one-sided value -1.
 
-    ``x - 2 * clamp(x, min=0)`` equals ``-|x|``; torch's ``clamp`` passes the gradient at the
-    boundary, so the derivative at 0 is ``1 - 2 = -1``. Combined with ``clamp(x, min=0)`` in
-    :func:`softplus`, this gives the exact derivative 1/2 at 0 (``abs`` would give 0 there).
+    ``where(x >= 0, -x, x)`` equals ``-|x|`` (and is ``-inf`` at both infinities, where
+    ``x - 2 * max(x, 0)`` would be ``inf - inf = NaN``); its derivative at 0 is -1. Combined
+    with ``clamp(x, min=0)`` in :func:`softplus`, whose gradient torch passes at the boundary,
+    this gives the exact derivative 1/2 at 0 (``abs`` would give 0 there).
     """
-    return x - 2 * torch.clamp(x, min=0)
+    return torch.where(x >= 0, -x, x)
 
 
 def sigmoid(x: Tensor) -> Tensor:
@@ -44,7 +49,7 @@ def sigmoid(x: Tensor) -> Tensor:
     Returns:
         :math:`\sigma(x)`, same shape, dtype and device as ``x``.
     """
-    check_tensor(x, "x", allow_empty=True)
+    check_tensor(x, "x", allow_empty=True, allow_inf=True)
     z = torch.exp(_neg_abs(x))
     return torch.where(x >= 0, 1 / (1 + z), z / (1 + z))
 
@@ -59,7 +64,7 @@ def sigmoid_grad(x: Tensor) -> Tensor:
     Args:
         x: floating tensor of any shape.
     """
-    check_tensor(x, "x", allow_empty=True)
+    check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return sigmoid(x) * sigmoid(-x)
 
 
@@ -71,7 +76,7 @@ def softplus(x: Tensor) -> Tensor:
     Args:
         x: floating tensor of any shape.
     """
-    check_tensor(x, "x", allow_empty=True)
+    check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return torch.clamp(x, min=0) + torch.log1p(torch.exp(_neg_abs(x)))
 
 
@@ -85,7 +90,7 @@ def log_sigmoid(x: Tensor) -> Tensor:
     Args:
         x: floating tensor of any shape.
     """
-    check_tensor(x, "x", allow_empty=True)
+    check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return -softplus(-x)
 
 
@@ -98,7 +103,7 @@ def log1m_sigmoid(x: Tensor) -> Tensor:
     Args:
         x: floating tensor of any shape.
     """
-    check_tensor(x, "x", allow_empty=True)
+    check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return -softplus(x)
 
 

@@ -47,7 +47,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _check_dim(x: object, dim: object, name: str = "x") -> tuple[Tensor, int]:
     """Validate ``x`` and ``dim`` for a reduction over ``dim``; return the non-negative dim."""
-    x = check_tensor(x, name, allow_empty=True)
+    x = check_tensor(x, name, allow_empty=True, allow_inf=True)
     dim = check_int(dim, "dim")
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least 1 dimension, got a 0-d tensor")

@@ -28,6 +28,7 @@ the exact difference).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from companion._validate import (
+    REDUCTIONS,
     check_class_index,
     check_finite,
     check_in_range,
@@ -431,8 +433,7 @@ def weighted_loss(losses: Tensor, weights: Tensor | float, reduction: str = "mea
     check_tensor(weights, "weights")
     check_same_dtype_device(losses, "losses", weights, "weights")
     check_finite(weights, "weights")
-    if bool((weights < 0).any()):
-        raise ValueError(f"weights must be non-negative, got min {float(weights.min()):.6g}")
+    check_in_range(weights, "weights", 0.0, math.inf, what="non-negative weights")
     lead = tuple(losses.shape[: weights.dim()])
     if weights.dim() > losses.dim() or any(
         w not in (1, s) for w, s in zip(weights.shape, lead, strict=True)
@@ -442,15 +443,10 @@ def weighted_loss(losses: Tensor, weights: Tensor | float, reduction: str = "mea
             f"{tuple(losses.shape)} (each equal or 1), got {tuple(weights.shape)}"
         )
     w = weights.reshape(weights.shape + (1,) * (losses.dim() - weights.dim()))
-    weighted = losses * w
-    if reduction == "none":
-        return weighted
-    total = weighted.sum()
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        denominator = w.expand_as(losses).sum()
-    elif reduction == "mean_over_elements":
+    if reduction in REDUCTIONS:
+        return reduce_loss(losses, reduction, w)
+    total = (losses * w).sum()
+    if reduction == "mean_over_elements":
         denominator = torch.tensor(float(losses.numel()), dtype=total.dtype, device=total.device)
     else:
         denominator = (w != 0).expand_as(losses).sum().to(total.dtype)

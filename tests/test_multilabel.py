@@ -304,13 +304,13 @@ BAD_BCE: list[tuple[str, dict[str, object], type[Exception], str]] = [
         "target above 1",
         {"target": torch.full((4, 3), 2.0)},
         ValueError,
-        r"target must hold labels or probabilities in \[0.0, 1.0\], got min 2 and max 2",
+        r"target must hold labels or probabilities in \[0.0, 1.0\], got 2.0",
     ),
     (
         "negative target",
         {"target": torch.full((4, 3), -1.0)},
         ValueError,
-        r"target must hold labels or probabilities in \[0.0, 1.0\], got min -1",
+        r"target must hold labels or probabilities in \[0.0, 1.0\], got -1.0",
     ),
     (
         "empty batch",
@@ -352,7 +352,7 @@ BAD_BCE: list[tuple[str, dict[str, object], type[Exception], str]] = [
         "negative pos_weight",
         {"pos_weight": torch.tensor([1.0, -2.0, 1.0])},
         ValueError,
-        r"pos_weight must hold non-negative weights in \[0.0, inf\], got min -2",
+        r"pos_weight must hold non-negative weights in \[0.0, inf\], got -2.0",
     ),
     ("unknown reduction", {"reduction": "avg"}, ValueError, "reduction must be one of"),
 ]

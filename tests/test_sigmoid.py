@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -128,3 +129,22 @@ def test_logit_rejects_values_outside_the_unit_interval() -> None:
         S.logit(torch.tensor([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"eps must be in \(0, 0.5\), got 0.7"):
         S.logit(torch.tensor([0.5]), eps=0.7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_exact_limits_at_infinity(dtype: torch.dtype) -> None:
+    """At +-inf every function returns its limit (not NaN), with a finite gradient."""
+    x = torch.tensor([math.inf, -math.inf], dtype=dtype, requires_grad=True)
+    inf = math.inf
+    want = {
+        S.sigmoid: ([1.0, 0.0], [0.0, 0.0]),
+        S.sigmoid_grad: ([0.0, 0.0], [0.0, 0.0]),
+        S.softplus: ([inf, 0.0], [1.0, 0.0]),
+        S.log_sigmoid: ([0.0, -inf], [0.0, 1.0]),
+        S.log1m_sigmoid: ([-inf, 0.0], [-1.0, 0.0]),
+    }
+    for fn, (value, slope) in want.items():
+        y = fn(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert y.tolist() == value, fn.__name__
+        assert g.tolist() == slope, fn.__name__

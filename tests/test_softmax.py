@@ -316,7 +316,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         "boolean class indices",
         {"target": torch.tensor([True, False, True, True])},
         TypeError,
-        r"target must hold integer class indices \(torch.long\), got dtype torch.bool",
+        r"target must hold integer class indices \(torch.int64 or torch.int32\), got dtype torch.bool",  # noqa: E501
     ),
     (
         "probabilities not summing to 1",

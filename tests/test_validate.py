@@ -23,9 +23,66 @@ def test_check_tensor_ndim_empty_nan() -> None:
     with pytest.raises(ValueError, match=r"logits contains NaN"):
         v.check_tensor(torch.tensor([0.0, float("nan")]), "logits")
     x = torch.tensor([float("inf")])
-    assert v.check_tensor(x, "x") is x
+    assert v.check_tensor(x, "x", allow_inf=True) is x  # the sigmoid family's limits
+    with pytest.raises(ValueError, match="x must be finite, got an infinite entry"):
+        v.check_tensor(x, "x")  # a loss refuses infinities
     with pytest.raises(ValueError, match="x must be finite"):
         v.check_finite(x, "x")
+
+
+def test_value_checks_switch() -> None:
+    """Value checks off: NaN and out-of-range targets are not looked for; metadata still is."""
+    nan = torch.tensor([0.0, float("nan")])
+    assert v.value_checks_enabled()
+    with v.value_checks(False):
+        assert not v.value_checks_enabled()
+        assert v.check_tensor(nan, "x") is nan
+        v.check_class_index(torch.tensor([7]), "target", 3)
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            v.check_tensor(torch.tensor([1, 2]), "x")
+        with pytest.raises(TypeError, match="target must hold integer class indices"):
+            v.check_class_index(torch.tensor([1], dtype=torch.uint8), "target", 3)
+        with v.value_checks(True):
+            with pytest.raises(ValueError, match="x contains NaN"):
+                v.check_tensor(nan, "x")
+        assert not v.value_checks_enabled()
+    assert v.value_checks_enabled()
+    v.set_value_checks(False)
+    try:
+        assert not v.value_checks_enabled()
+    finally:
+        v.set_value_checks(True)
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        v.set_value_checks(1)  # type: ignore[arg-type]
+
+
+def test_class_index_dtypes() -> None:
+    """int32 is accepted and returned as int64; uint8 and bool (masks when indexing) are not."""
+    out = v.check_class_index(torch.tensor([0, 2], dtype=torch.int32), "target", 3)
+    assert out.dtype == torch.int64 and out.tolist() == [0, 2]
+    for dtype in (torch.uint8, torch.bool, torch.int16, torch.int8):
+        with pytest.raises(TypeError, match="target must hold integer class indices"):
+            v.check_class_index(torch.ones(2, dtype=dtype), "target", 3)
+
+
+def test_range_message_shows_the_value() -> None:
+    """Finding 8: a target of 1.0000001 is reported with its digits, not as 'max 1'."""
+    with pytest.raises(ValueError, match=r"got 1\.0000001"):
+        v.check_in_range(torch.tensor([0.5, 1.0000001]), "target", 0.0, 1.0)
+
+
+def test_check_real_rejects_bool_and_str() -> None:
+    for bad in (True, "0.07", None):
+        with pytest.raises(TypeError, match="temperature must be a real number"):
+            v.check_positive(bad, "temperature")
+
+
+def test_weighted_mean_with_all_zero_weights_is_zero() -> None:
+    loss = torch.tensor([1.0, 2.0], requires_grad=True)
+    out = v.reduce_loss(loss, "mean", torch.zeros(2))
+    assert out.item() == 0.0
+    (g,) = torch.autograd.grad(out, loss)
+    assert torch.equal(g, torch.zeros(2))
 
 
 def test_batch_and_shape_checks() -> None:

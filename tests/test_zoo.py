@@ -717,7 +717,11 @@ BAD_INPUT: list[tuple[Callable[[], object], type[Exception], str]] = [
     (lambda: Z.mean_pairwise_squared_error(x2[:, 0], y2[:, 0]), ValueError, r"at least 2 entries"),
     (lambda: Z.mean_pairwise_squared_error(x2[:, :1], y2[:, :1]), ValueError, r"at least 2"),
     (lambda: Z.weighted_loss(x2, torch.ones(4)), ValueError, r"leading dimensions of losses"),
-    (lambda: Z.weighted_loss(x2, -torch.ones(3)), ValueError, r"weights must be non-negative"),
+    (
+        lambda: Z.weighted_loss(x2, -torch.ones(3)),
+        ValueError,
+        r"weights must hold non-negative weights .*got -1.0",
+    ),
     (lambda: Z.weighted_loss(x2, "1"), TypeError, r"weights must be a number or a torch.Tensor"),  # type: ignore[arg-type]
     (lambda: Z.weighted_loss(x2, torch.ones(3).double()), TypeError, r"weights must have the same"),
     (lambda: Z.weighted_loss(x2, 1.0, "mean_over_batch"), ValueError, r"reduction must be one of"),
