@@ -28,6 +28,18 @@ is exact and the samplers stay simple.)
 
 Samplers: :class:`UniformSampler`, :class:`UnigramSampler` (counts raised to a power, 0.75 as
 in word2vec) and :class:`LogUniformSampler` (Zipf's law for frequency-sorted vocabularies).
+
+In a training loop: with value checks off (:func:`companion.set_value_checks`), one forward and
+backward pass of the sampled losses makes no host sync, and they compile with
+``torch.compile(fullgraph=True)``. A ``torch.Generator`` cannot enter a compiled graph: under
+``torch.compile`` draw with ``generator=None`` (the global random state), or draw the negatives
+outside the compiled function and pass them as ``negatives=``.
+
+Non-finite inputs: NaN or :math:`\pm\infty` in ``input``, in the rows of ``weight`` and the
+entries of ``bias`` that a batch uses, is refused with a ``ValueError`` naming the argument
+while value checks are on (a score of :math:`+\infty` has no finite loss and
+:math:`\infty - \infty` no value at all); with value checks off such inputs give NaN or
+infinite losses, as in torch.
 """
 
 from __future__ import annotations
@@ -35,13 +47,16 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from companion._validate import (
+    Reduction,
     check_class_index,
+    check_finite,
     check_int,
     check_positive,
     check_reduction,
@@ -50,6 +65,7 @@ from companion._validate import (
     check_tensor,
     reduce_loss,
 )
+from companion.sigmoid import softplus
 
 __all__ = [
     "CandidateSampler",
@@ -72,7 +88,31 @@ class CandidateSampler(ABC):
     """A noise distribution :math:`q` over ``num_classes`` classes that draws negatives.
 
     Subclasses implement :meth:`sample` (draws with replacement) and :meth:`log_prob`. Drawn
-    classes and log-probabilities live on :attr:`device`.
+    classes and log-probabilities live on :attr:`device`. Both methods use only torch
+    operations on tensors, so a loss that draws inside ``torch.compile`` traces them (with
+    ``generator=None``).
+
+    Args:
+        num_classes: the number of classes :math:`C`, at least 1.
+        device: where drawn classes and log-probabilities live (default CPU).
+
+    Shape:
+        - :meth:`sample` returns :math:`(S,)` class indices (int64) for ``num_samples`` = S.
+        - :meth:`log_prob` maps class indices of any shape to float64 values of that shape.
+        - :meth:`probs` returns :math:`(C,)`.
+
+    Examples:
+        A sampler that always draws class 0 (a subclass needs only the two methods):
+
+        >>> import math, torch
+        >>> from companion.nce import CandidateSampler
+        >>> class Always0(CandidateSampler):
+        ...     def sample(self, num_samples, generator=None):
+        ...         return torch.zeros(num_samples, dtype=torch.long, device=self.device)
+        ...     def log_prob(self, classes):
+        ...         return torch.where(classes == 0, 0.0, -math.inf).double()
+        >>> Always0(3).probs()
+        tensor([1., 0., 0.], dtype=torch.float64)
     """
 
     def __init__(self, num_classes: int, device: torch.device | str | None = None) -> None:
@@ -109,18 +149,17 @@ class CandidateSampler(ABC):
         classes = torch.arange(self.num_classes, device=self.device)
         return self.log_prob(classes).exp()
 
-    def _check_classes(self, classes: Tensor) -> Tensor:
-        if not isinstance(classes, Tensor):
-            raise TypeError(f"classes must be a torch.Tensor, got {type(classes).__name__}")
-        if classes.numel() == 0:
-            return classes
+    def _checked_classes(self, classes: Tensor) -> Tensor:
+        # the dtype always, the range only with value checks on (a host sync)
+        if isinstance(classes, Tensor) and classes.numel() == 0:
+            return classes.long()
         return check_class_index(classes, "classes", self.num_classes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes}, device={self.device})"
 
 
-def _check_num_samples(num_samples: object) -> int:
+def _num_samples(num_samples: object) -> int:
     return check_int(num_samples, "num_samples", minimum=1)
 
 
@@ -130,14 +169,27 @@ class UniformSampler(CandidateSampler):
     Args:
         num_classes: the number of classes :math:`C`.
         device: where drawn classes and log-probabilities live (default CPU).
+
+    Shape:
+        As in :class:`CandidateSampler`: ``sample(S)`` gives :math:`(S,)`, ``log_prob`` keeps
+        the shape of its input.
+
+    Examples:
+        >>> import torch
+        >>> from companion.nce import UniformSampler
+        >>> sampler = UniformSampler(4)
+        >>> sampler.sample(6, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([6])
+        >>> sampler.log_prob(torch.tensor([0, 3])).exp()
+        tensor([0.2500, 0.2500], dtype=torch.float64)
     """
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        n = _check_num_samples(num_samples)
+        n = _num_samples(num_samples)
         return torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
 
     def log_prob(self, classes: Tensor) -> Tensor:
-        classes = self._check_classes(classes)
+        classes = self._checked_classes(classes)
         value = -math.log(self.num_classes)
         return torch.full(classes.shape, value, dtype=self.dtype, device=classes.device)
 
@@ -149,6 +201,11 @@ class UnigramSampler(CandidateSampler):
     ``power=0.75`` (Mikolov et al., 2013), which flattens it so that rare words are drawn more
     often than their frequency alone would give.
 
+    The counts are checked once, when the sampler is built (finite and positive; this reads
+    them whatever the value-check setting, since a bad table would silently skew every later
+    step, except while ``torch.compile`` traces); drawing and :meth:`log_prob` make no host
+    sync.
+
     Args:
         counts: how often each class occurs, a 1-d tensor or sequence of positive numbers (one
             per class). A class with count 0 would never be drawn and would have
@@ -156,6 +213,20 @@ class UnigramSampler(CandidateSampler):
         power: the exponent :math:`\alpha`, non-negative (0 gives the uniform distribution).
         device: where the table and drawn classes live (default: the device of ``counts`` if it
             is a tensor, otherwise CPU).
+
+    Shape:
+        - counts: :math:`(C,)`.
+        - As in :class:`CandidateSampler`: ``sample(S)`` gives :math:`(S,)`, ``log_prob`` keeps
+          the shape of its input.
+
+    Examples:
+        >>> import torch
+        >>> from companion.nce import UnigramSampler
+        >>> sampler = UnigramSampler([1.0, 3.0], power=1.0)
+        >>> sampler.probs()
+        tensor([0.2500, 0.7500], dtype=torch.float64)
+        >>> sampler.sample(5, generator=torch.Generator().manual_seed(0)).dtype
+        torch.int64
     """
 
     def __init__(
@@ -176,10 +247,16 @@ class UnigramSampler(CandidateSampler):
             raise TypeError(
                 f"counts must be a 1-d tensor or a sequence of numbers, got {type(counts).__name__}"
             )
-        check_tensor(table, "counts", ndim=1)
-        if not bool(torch.isfinite(table).all()):
-            raise ValueError("counts must be finite, got NaN or infinite entries")
-        if bool((table <= 0).any()):
+        check_tensor(table, "counts", ndim=1, allow_nan=True)
+        # Read once at construction, with value checks on or off (a table with NaN, infinite
+        # or non-positive counts would make every later step silently wrong), but not while
+        # torch.compile traces, which cannot branch on data.
+        tracing = torch.compiler.is_compiling()
+        if not tracing and bool(torch.isnan(table).any()):
+            raise ValueError("counts contains NaN")
+        if not tracing and not bool(torch.isfinite(table).all()):
+            raise ValueError("counts must be finite, got infinite entries")
+        if not tracing and bool((table <= 0).any()):
             bad = int(torch.nonzero(table <= 0)[0, 0])
             raise ValueError(
                 f"counts must be positive for every class, got {float(table[bad]):g} for class "
@@ -192,14 +269,14 @@ class UnigramSampler(CandidateSampler):
         self._cdf = torch.cumsum(self._log_q.exp(), dim=0)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        n = _check_num_samples(num_samples)
+        n = _num_samples(num_samples)
         # Inversion: the first class whose cumulative probability exceeds u ~ U(0, total).
         u = torch.rand(n, generator=generator, dtype=self.dtype, device=self.device)
         drawn = torch.searchsorted(self._cdf, u * self._cdf[-1], right=True)
         return drawn.clamp_(max=self.num_classes - 1)
 
     def log_prob(self, classes: Tensor) -> Tensor:
-        classes = self._check_classes(classes)
+        classes = self._checked_classes(classes)
         return self._log_q[classes]
 
     def __repr__(self) -> str:
@@ -223,18 +300,154 @@ class LogUniformSampler(CandidateSampler):
     Args:
         num_classes: the number of classes :math:`C`.
         device: where drawn classes and log-probabilities live (default CPU).
+
+    Shape:
+        As in :class:`CandidateSampler`: ``sample(S)`` gives :math:`(S,)`, ``log_prob`` keeps
+        the shape of its input.
+
+    Examples:
+        >>> import torch
+        >>> from companion.nce import LogUniformSampler
+        >>> sampler = LogUniformSampler(3)
+        >>> sampler.probs()  # log(2)/log(4), log(3/2)/log(4), log(4/3)/log(4)
+        tensor([0.5000, 0.2925, 0.2075], dtype=torch.float64)
+        >>> draws = sampler.sample(1000, generator=torch.Generator().manual_seed(0))
+        >>> bool((draws >= 0).all() and (draws < 3).all())
+        True
     """
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        n = _check_num_samples(num_samples)
+        n = _num_samples(num_samples)
         u = torch.rand(n, generator=generator, dtype=self.dtype, device=self.device)
         drawn = torch.floor(torch.exp(u * math.log1p(self.num_classes))).long() - 1
         return drawn.clamp_(0, self.num_classes - 1)
 
     def log_prob(self, classes: Tensor) -> Tensor:
-        classes = self._check_classes(classes)
+        classes = self._checked_classes(classes)
         k = classes.to(self.dtype)
         return torch.log(torch.log1p(1.0 / (k + 1.0))) - math.log(math.log1p(self.num_classes))
+
+
+# --------------------------------------------------------------------------------------------
+# The shared-negatives core: one fused step per loss, written by hand for speed
+# --------------------------------------------------------------------------------------------
+#
+# For B rows and S shared negatives the losses are dominated by the (B, S) logit matrix. With
+# plain autograd every elementwise step on it (adding the bias, subtracting log(S q), masking
+# the accidental hits, concatenating the target column, the softmax or softplus and their
+# backward passes) allocates and traverses another (B, S) tensor. The two autograd functions
+# below build the matrix once (the corrections are one (S,) row added by the product itself,
+# the hits are masked in place) and write the gradient with respect to the logits in one
+# (B, S) buffer: the exact gradient, with far fewer passes over memory.
+#
+# Second derivatives (create_graph=True, a gradient penalty) stay exact: the backward pass then
+# recomputes the logits from the saved inputs with differentiable operations, so autograd can
+# differentiate the backward pass itself.
+
+
+def _negative_logits_into(
+    out: Tensor, input: Tensor, neg_weight: Tensor, neg_shift: Tensor | None, hits: Tensor | None
+) -> None:
+    """Write ``input @ neg_weight.T + neg_shift`` into ``out`` (B, S), hits masked."""
+    if neg_shift is None:
+        out.zero_()
+    else:
+        out.copy_(neg_shift.expand_as(out))
+    out.addmm_(input, neg_weight.T)
+    if hits is not None:
+        # the most negative finite number: its softmax weight and sigmoid are exactly 0, so a
+        # removed negative adds nothing to the loss or its gradient
+        out.masked_fill_(hits, torch.finfo(out.dtype).min)
+
+
+def _negative_logits(
+    input: Tensor, neg_weight: Tensor, neg_shift: Tensor | None, hits: Tensor | None
+) -> Tensor:
+    """The same (B, S) logits, out of place, for a differentiable backward pass."""
+    if neg_shift is None:
+        logits = input @ neg_weight.T
+    else:
+        logits = torch.addmm(neg_shift, input, neg_weight.T)
+    if hits is not None:
+        logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min)
+    return logits
+
+
+def _negative_grads(
+    ctx: Any, grad_logits: Tensor, input: Tensor, neg_weight: Tensor
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients for ``input``, ``neg_weight`` and ``neg_shift`` from d loss / d logits."""
+    need_input, need_weight, need_shift = ctx.needs_input_grad[:3]
+    grad_input = grad_logits @ neg_weight if need_input else None
+    grad_weight = grad_logits.T @ input if need_weight else None
+    grad_shift = grad_logits.sum(0) if need_shift else None
+    return grad_input, grad_weight, grad_shift
+
+
+class _SampledSoftmaxCore(torch.autograd.Function):
+    """``-log_softmax([true_logits, negative logits])[:, 0]``, shape (B,)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        neg_weight: Tensor,
+        neg_shift: Tensor | None,
+        true_logits: Tensor,
+        hits: Tensor | None,
+    ) -> Tensor:
+        batch, num_neg = input.shape[0], neg_weight.shape[0]
+        logits = input.new_empty(batch, 1 + num_neg)  # the target in column 0
+        logits[:, 0] = true_logits
+        _negative_logits_into(logits[:, 1:], input, neg_weight, neg_shift, hits)
+        log_p = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_p, input, neg_weight, neg_shift, true_logits, hits)
+        return -log_p[:, 0]
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None]:
+        log_p, input, neg_weight, neg_shift, true_logits, hits = ctx.saved_tensors
+        # d loss_i / d logit_ij = p_ij - [j == 0]
+        if torch.is_grad_enabled():  # create_graph=True: recompute, differentiably
+            neg = _negative_logits(input, neg_weight, neg_shift, hits)
+            log_p = torch.log_softmax(torch.cat([true_logits[:, None], neg], dim=1), dim=1)
+            grad_logits = log_p.exp() * grad[:, None]
+        else:
+            grad_logits = log_p.exp().mul_(grad[:, None])
+        grad_true = grad_logits[:, 0] - grad if ctx.needs_input_grad[3] else None
+        grads = _negative_grads(ctx, grad_logits[:, 1:], input, neg_weight)
+        return (*grads, grad_true, None)
+
+
+class _SoftplusSumCore(torch.autograd.Function):
+    """``softplus(negative logits).sum(1)``, shape (B,): the negatives' part of NCE."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        neg_weight: Tensor,
+        neg_shift: Tensor | None,
+        hits: Tensor | None,
+    ) -> Tensor:
+        logits = input.new_empty(input.shape[0], neg_weight.shape[0])
+        _negative_logits_into(logits, input, neg_weight, neg_shift, hits)
+        ctx.save_for_backward(logits, input, neg_weight, neg_shift, hits)
+        return softplus(logits).sum(dim=1)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        logits, input, neg_weight, neg_shift, hits = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: recompute, differentiably
+            logits = _negative_logits(input, neg_weight, neg_shift, hits)
+            grad_logits = torch.sigmoid(logits) * grad[:, None]
+        else:
+            grad_logits = torch.sigmoid(logits).mul_(grad[:, None])  # softplus' = sigmoid
+        return (*_negative_grads(ctx, grad_logits, input, neg_weight), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,32 +455,35 @@ class LogUniformSampler(CandidateSampler):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_output_layer(input: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> None:
-    check_tensor(input, "input", ndim=2)
-    # The layer may hold millions of rows: scanning it for NaN on every step would cost as much
-    # as the loss itself, so only the rows a batch uses are checked (in _sampled_logits).
+def _check_output_layer(
+    input: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor
+) -> Tensor:
+    """The always-on checks of the output layer and the target; returns the target as int64."""
+    # NaN and infinities are refused by check_finite below (a value check), not here
+    check_tensor(input, "input", ndim=2, allow_nan=True)
+    # The layer may hold millions of rows: scanning it on every step would cost as much as the
+    # loss itself, so only the rows a batch uses are checked (in _shared_negatives).
     check_tensor(weight, "weight", ndim=2, allow_nan=True)
     check_same_dtype_device(input, "input", weight, "weight")
-    if weight.shape[1] != input.shape[1]:
-        raise ValueError(
-            f"weight must have shape (num_classes, {input.shape[1]}) to match input "
-            f"{tuple(input.shape)}, got {tuple(weight.shape)}"
-        )
+    check_shape(weight, "weight", (weight.shape[0], input.shape[1]))
     if bias is not None:
         check_tensor(bias, "bias", ndim=1, allow_nan=True)
         check_same_dtype_device(input, "input", bias, "bias")
         check_shape(bias, "bias", (weight.shape[0],))
-    check_class_index(target, "target", weight.shape[0], batch_shape=(input.shape[0],))
+    target = check_class_index(target, "target", weight.shape[0], batch_shape=(input.shape[0],))
     if target.device != input.device:
         raise ValueError(
             f"target must be on the same device as input ({input.device}), got {target.device}"
         )
+    check_finite(input, "input")
+    return target
 
 
-def _softplus(x: Tensor) -> Tensor:
-    # log(1 + e^x) = logaddexp(x, 0): exact for every x (F.softplus returns x itself above 20)
-    # and one fused kernel; the masked logits of accidental hits give 0 with gradient 0.
-    return torch.logaddexp(x, x.new_zeros(()))
+def _check_bool(value: object, name: str) -> bool:
+    # a generic check that _validate.py does not have yet
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -275,12 +491,42 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-def _check_no_nan(used: Tensor, name: str) -> None:
-    if bool(torch.isnan(used.detach()).any()):
-        raise ValueError(f"{name} contains NaN in a row used by this batch")
+def _draw(
+    sampler: CandidateSampler,
+    num_samples: int,
+    num_classes: int,
+    device: torch.device,
+    negatives: Tensor | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Check the sampler and return the ``(S,)`` negatives, drawn now or given."""
+    if not isinstance(sampler, CandidateSampler):
+        raise TypeError(
+            f"sampler must be a companion.nce.CandidateSampler, got {type(sampler).__name__}"
+        )
+    if sampler.num_classes != num_classes:
+        raise ValueError(
+            f"sampler must cover the {num_classes} classes of weight, "
+            f"got a sampler over {sampler.num_classes}"
+        )
+    if not _same_device(sampler.device, device):
+        raise ValueError(
+            f"sampler must be on the same device as input ({device}), got {sampler.device}"
+        )
+    num_samples = _num_samples(num_samples)
+    if negatives is None:
+        negatives, name = sampler.sample(num_samples, generator=generator), "sampler.sample()"
+    else:
+        name = "negatives"
+        if generator is not None:
+            raise ValueError("generator must be None when negatives are given (nothing is drawn)")
+    negatives = check_class_index(negatives, name, num_classes, batch_shape=(num_samples,))
+    if negatives.device != device:
+        raise ValueError(f"{name} must be on the same device as input ({device})")
+    return negatives
 
 
-def _sampled_logits(
+def _shared_negatives(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -288,55 +534,48 @@ def _sampled_logits(
     sampler: CandidateSampler,
     num_samples: int,
     *,
-    subtract_log_q: bool,
-    correct_target: bool,
-    remove_accidental_hits: bool,
-    sparse: bool,
+    log_q_for_negatives: bool,
+    log_q_for_target: bool,
+    remove_accidental_hits: object,
+    sparse: object,
+    negatives: Tensor | None,
     generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor]:
-    """Validate, draw the shared negatives and return the ``(B,)`` and ``(B, S)`` logits."""
-    _check_output_layer(input, weight, bias, target)
-    if not isinstance(sampler, CandidateSampler):
-        raise TypeError(
-            f"sampler must be a companion.nce.CandidateSampler, got {type(sampler).__name__}"
-        )
-    if sampler.num_classes != weight.shape[0]:
-        raise ValueError(
-            f"sampler must cover the {weight.shape[0]} classes of weight, "
-            f"got a sampler over {sampler.num_classes}"
-        )
-    if not _same_device(sampler.device, input.device):
-        raise ValueError(
-            f"sampler must be on the same device as input ({input.device}), got {sampler.device}"
-        )
-    num_samples = _check_num_samples(num_samples)
-    if not isinstance(sparse, bool):
-        raise TypeError(f"sparse must be a bool, got {type(sparse).__name__}")
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Validate, draw the shared negatives and gather what the two cores need.
+
+    Returns the target logits ``(B,)`` (with their bias and, if asked, ``-log(S q)``), the
+    negatives' rows ``(S, dim)``, their additive correction ``(S,)`` (bias and ``-log(S q)``;
+    None if there is neither) and the accidental-hit mask ``(B, S)`` (None if not removed).
+    """
+    target = _check_output_layer(input, weight, bias, target)
+    remove_accidental_hits = _check_bool(remove_accidental_hits, "remove_accidental_hits")
+    sparse = _check_bool(sparse, "sparse")
+    negatives = _draw(sampler, num_samples, weight.shape[0], input.device, negatives, generator)
 
     batch = input.shape[0]
-    negatives = sampler.sample(num_samples, generator=generator)  # (S,)
     ids = torch.cat([target, negatives])  # (B + S,): the only rows of the layer we touch
     rows = F.embedding(ids, weight, sparse=True) if sparse else weight.index_select(0, ids)
-    _check_no_nan(rows, "weight")
-    true_w, neg_w = rows[:batch], rows[batch:]
-    true_logits = (input * true_w).sum(dim=1)  # (B,)
-    neg_logits = input @ neg_w.T  # (B, S): one matrix product for the shared negatives
+    check_finite(rows, "weight (the rows this batch uses)")
+    true_logits = (input * rows[:batch]).sum(dim=1)  # (B,)
+    neg_shift: Tensor | None = None
     if bias is not None:
         b = bias.index_select(0, ids)
-        _check_no_nan(b, "bias")
+        check_finite(b, "bias (the entries this batch uses)")
         true_logits = true_logits + b[:batch]
-        neg_logits = neg_logits + b[batch:]
-    if subtract_log_q:
+        neg_shift = b[batch:]
+    if log_q_for_negatives or log_q_for_target:
         # log of the expected count S q(w) of each class among S draws with replacement
-        log_count = (sampler.log_prob(ids) + math.log(num_samples)).to(input.dtype)
-        neg_logits = neg_logits - log_count[batch:]
-        if correct_target:
+        which = ids if log_q_for_target else negatives
+        log_q = sampler.log_prob(which)
+        check_finite(log_q, "sampler.log_prob() of the drawn classes")
+        log_count = (log_q + math.log(negatives.shape[0])).to(input.dtype)
+        if log_q_for_target:
             true_logits = true_logits - log_count[:batch]
-    if remove_accidental_hits:
-        hits = negatives[None, :] == target[:, None]  # (B, S)
-        very_negative = torch.finfo(neg_logits.dtype).min
-        neg_logits = neg_logits.masked_fill(hits, very_negative)
-    return true_logits, neg_logits
+            log_count = log_count[batch:]
+        if log_q_for_negatives:
+            neg_shift = -log_count if neg_shift is None else neg_shift - log_count
+    hits = negatives[None, :] == target[:, None] if remove_accidental_hits else None  # (B, S)
+    return true_logits, rows[batch:], neg_shift, hits
 
 
 def nce_loss(
@@ -347,9 +586,10 @@ def nce_loss(
     sampler: CandidateSampler,
     num_samples: int,
     remove_accidental_hits: bool = False,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     *,
     sparse: bool = False,
+    negatives: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Noise-contrastive estimation with ``num_samples`` negatives shared by the batch.
@@ -371,10 +611,11 @@ def nce_loss(
     ``num_true=1``.
 
     Args:
-        input: the hidden activations, shape ``(B, dim)``, floating.
-        weight: the output layer, shape ``(C, dim)``, same dtype and device as ``input``.
+        input: the hidden activations, shape ``(B, dim)``, floating, finite.
+        weight: the output layer, shape ``(C, dim)``, same dtype and device as ``input``. Only
+            the rows a batch uses are read (and checked for NaN and infinities).
         bias: the output bias, shape ``(C,)``, or ``None``.
-        target: the true class of each row, shape ``(B,)``, long, in ``[0, C)``.
+        target: the true class of each row, shape ``(B,)``, int64 or int32, in ``[0, C)``.
         sampler: the noise distribution :math:`q` (a :class:`CandidateSampler` over ``C``
             classes on ``input``'s device).
         num_samples: :math:`S`, the number of negatives drawn for the whole batch.
@@ -385,24 +626,57 @@ def nce_loss(
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` over rows or ``"sum"``.
         sparse: if True, ``weight``'s gradient is a sparse tensor holding only the ``B + S``
             rows touched (as with ``nn.Embedding(sparse=True)``); the bias gradient stays dense.
-        generator: a torch generator on ``input``'s device for reproducible negatives.
+        negatives: the ``S`` negative classes, drawn beforehand from ``sampler`` (for example
+            outside a ``torch.compile``-d function, with a generator); by default they are
+            drawn here.
+        generator: a torch generator on ``input``'s device for reproducible negatives (not
+            under ``torch.compile``, which cannot trace one).
+
+    Shape:
+        - input: :math:`(B, D)`, the hidden activations.
+        - weight: :math:`(C, D)`, the output layer (as ``nn.Linear(D, C).weight``).
+        - bias: :math:`(C,)` or ``None``.
+        - target: :math:`(B,)`, int64 or int32 class indices.
+        - negatives (optional): :math:`(S,)` with :math:`S` = ``num_samples``.
+        - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.nce import LogUniformSampler, nce_loss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(8, 16, generator=gen)
+        >>> weight = torch.randn(10_000, 16, generator=gen).requires_grad_()
+        >>> bias = torch.zeros(10_000, requires_grad=True)
+        >>> target = torch.randint(10_000, (8,), generator=gen)
+        >>> sampler = LogUniformSampler(10_000)
+        >>> loss = nce_loss(x, weight, bias, target, sampler, 64, generator=gen)
+        >>> loss.shape
+        torch.Size([])
+        >>> loss.backward()
+        >>> int(weight.grad.abs().sum(dim=1).count_nonzero()) <= 8 + 64  # rows touched
+        True
+        >>> nce_loss(x, weight, bias, target, sampler, 64, reduction="none", generator=gen).shape
+        torch.Size([8])
     """
     check_reduction(reduction)
-    true_logits, neg_logits = _sampled_logits(
+    true_logits, neg_weight, neg_shift, hits = _shared_negatives(
         input,
         weight,
         bias,
         target,
         sampler,
         num_samples,
-        subtract_log_q=True,
-        correct_target=True,
+        log_q_for_negatives=True,
+        log_q_for_target=True,
         remove_accidental_hits=remove_accidental_hits,
         sparse=sparse,
+        negatives=negatives,
         generator=generator,
     )
-    loss = _softplus(-true_logits) + _softplus(neg_logits).sum(dim=1)
-    return reduce_loss(loss, reduction)
+    negatives_part: Tensor = _SoftplusSumCore.apply(  # type: ignore[no-untyped-call]
+        input, neg_weight, neg_shift, hits
+    )
+    return reduce_loss(softplus(-true_logits) + negatives_part, reduction)
 
 
 def negative_sampling_loss(
@@ -413,9 +687,10 @@ def negative_sampling_loss(
     sampler: CandidateSampler,
     num_samples: int,
     remove_accidental_hits: bool = False,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     *,
     sparse: bool = False,
+    negatives: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Negative sampling (word2vec): :func:`nce_loss` without the :math:`\log(S\,q)` term.
@@ -428,23 +703,51 @@ def negative_sampling_loss(
     That is fine for learning embeddings, which is what Mikolov et al. (2013) used it for, and
     wrong for estimating probabilities. Arguments as in :func:`nce_loss`; the sampler's
     :math:`q` only decides which negatives are drawn.
+
+    Shape:
+        - input: :math:`(B, D)`, the hidden activations.
+        - weight: :math:`(C, D)`, the output layer (as ``nn.Linear(D, C).weight``).
+        - bias: :math:`(C,)` or ``None``.
+        - target: :math:`(B,)`, int64 or int32 class indices.
+        - negatives (optional): :math:`(S,)` with :math:`S` = ``num_samples``.
+        - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
+
+    Examples:
+        Skip-gram: centre-word vectors score context words through an output embedding.
+
+        >>> import torch
+        >>> from companion.nce import UnigramSampler, negative_sampling_loss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> centre = torch.randn(4, 8, generator=gen, requires_grad=True)
+        >>> context = torch.nn.Embedding(100, 8, sparse=True)
+        >>> noise = UnigramSampler(torch.arange(100.0, 0.0, -1.0), power=0.75)
+        >>> words = torch.tensor([3, 14, 15, 92])
+        >>> loss = negative_sampling_loss(
+        ...     centre, context.weight, None, words, noise, 5, sparse=True, generator=gen
+        ... )
+        >>> loss.backward()
+        >>> context.weight.grad.is_sparse, centre.grad.shape
+        (True, torch.Size([4, 8]))
     """
     check_reduction(reduction)
-    true_logits, neg_logits = _sampled_logits(
+    true_logits, neg_weight, neg_shift, hits = _shared_negatives(
         input,
         weight,
         bias,
         target,
         sampler,
         num_samples,
-        subtract_log_q=False,
-        correct_target=False,
+        log_q_for_negatives=False,
+        log_q_for_target=False,
         remove_accidental_hits=remove_accidental_hits,
         sparse=sparse,
+        negatives=negatives,
         generator=generator,
     )
-    loss = _softplus(-true_logits) + _softplus(neg_logits).sum(dim=1)
-    return reduce_loss(loss, reduction)
+    negatives_part: Tensor = _SoftplusSumCore.apply(  # type: ignore[no-untyped-call]
+        input, neg_weight, neg_shift, hits
+    )
+    return reduce_loss(softplus(-true_logits) + negatives_part, reduction)
 
 
 def sampled_softmax_loss(
@@ -455,10 +758,11 @@ def sampled_softmax_loss(
     sampler: CandidateSampler,
     num_samples: int,
     remove_accidental_hits: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     *,
     subtract_log_q: bool = True,
     sparse: bool = False,
+    negatives: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Sampled softmax: cross-entropy over the target and ``num_samples`` shared negatives.
@@ -484,6 +788,10 @@ def sampled_softmax_loss(
     not tend to :math:`Z_i` as :math:`S` grows (see Khrylchenko et al., 2025, for the same
     observation about in-batch negatives).
 
+    Infinite or NaN scores have no loss to return (:math:`\infty - \infty`): while value checks
+    are on, NaN or :math:`\pm\infty` in ``input``, in the used rows of ``weight`` or entries of
+    ``bias`` raises a ``ValueError`` naming the argument.
+
     Args:
         subtract_log_q: subtract :math:`\log(S\,q(n_j))` from each negative's logit (default
             True); False gives the uncorrected, biased variant, for comparison.
@@ -492,25 +800,57 @@ def sampled_softmax_loss(
             Keeping it counts the target twice in expectation.
 
     The other arguments are as in :func:`nce_loss`.
+
+    Shape:
+        - input: :math:`(B, D)`, the hidden activations.
+        - weight: :math:`(C, D)`, the output layer (as ``nn.Linear(D, C).weight``).
+        - bias: :math:`(C,)` or ``None``.
+        - target: :math:`(B,)`, int64 or int32 class indices.
+        - negatives (optional): :math:`(S,)` with :math:`S` = ``num_samples``.
+        - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.nce import LogUniformSampler, sampled_softmax_loss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(8, 16, generator=gen, requires_grad=True)
+        >>> weight = torch.randn(10_000, 16, generator=gen).requires_grad_()
+        >>> target = torch.randint(10_000, (8,), generator=gen)
+        >>> sampler = LogUniformSampler(10_000)
+        >>> loss = sampled_softmax_loss(x, weight, None, target, sampler, 64, sparse=True,
+        ...                             generator=gen)
+        >>> loss.backward()
+        >>> weight.grad.is_sparse, x.grad.shape
+        (True, torch.Size([8, 16]))
+
+        The same negatives drawn beforehand (what a ``torch.compile``-d step would take):
+
+        >>> negatives = sampler.sample(64, generator=torch.Generator().manual_seed(1))
+        >>> a = sampled_softmax_loss(x, weight, None, target, sampler, 64, negatives=negatives)
+        >>> b = sampled_softmax_loss(x, weight, None, target, sampler, 64,
+        ...                          generator=torch.Generator().manual_seed(1))
+        >>> torch.equal(a, b)
+        True
     """
     check_reduction(reduction)
-    if not isinstance(subtract_log_q, bool):
-        raise TypeError(f"subtract_log_q must be a bool, got {type(subtract_log_q).__name__}")
-    true_logits, neg_logits = _sampled_logits(
+    subtract_log_q = _check_bool(subtract_log_q, "subtract_log_q")
+    true_logits, neg_weight, neg_shift, hits = _shared_negatives(
         input,
         weight,
         bias,
         target,
         sampler,
         num_samples,
-        subtract_log_q=subtract_log_q,
-        correct_target=False,
+        log_q_for_negatives=subtract_log_q,
+        log_q_for_target=False,
         remove_accidental_hits=remove_accidental_hits,
         sparse=sparse,
+        negatives=negatives,
         generator=generator,
     )
-    all_logits = torch.cat([true_logits[:, None], neg_logits], dim=1)  # (B, 1 + S)
-    loss = torch.logsumexp(all_logits, dim=1) - true_logits
+    loss: Tensor = _SampledSoftmaxCore.apply(  # type: ignore[no-untyped-call]
+        input, neg_weight, neg_shift, true_logits, hits
+    )
     return reduce_loss(loss, reduction)
 
 
@@ -519,7 +859,7 @@ def full_softmax_loss(
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""The exact softmax cross-entropy over all ``C`` classes of the output layer.
 
@@ -529,16 +869,34 @@ def full_softmax_loss(
 
     Materialises the ``(B, C)`` logit matrix; the baseline that the sampled losses avoid. In
     production, ``F.cross_entropy(F.linear(input, weight, bias), target)`` computes the same.
+    While value checks are on, NaN or infinities anywhere in ``input``, ``weight`` or ``bias``
+    raise a ``ValueError`` naming the argument.
 
     Args:
         input: shape ``(B, dim)``; weight: ``(C, dim)``; bias: ``(C,)`` or ``None``;
-        target: ``(B,)`` long in ``[0, C)``; reduction: ``"none" | "mean" | "sum"``.
+        target: ``(B,)`` int64 or int32 in ``[0, C)``; reduction: ``"none" | "mean" | "sum"``.
+
+    Shape:
+        - input: :math:`(B, D)`; weight: :math:`(C, D)`; bias: :math:`(C,)` or ``None``.
+        - target: :math:`(B,)`.
+        - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.nce import full_softmax_loss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x, weight = torch.randn(4, 3, generator=gen), torch.randn(10, 3, generator=gen)
+        >>> target = torch.tensor([0, 9, 2, 2])
+        >>> loss = full_softmax_loss(x, weight, None, target)
+        >>> torch.allclose(loss, F.cross_entropy(x @ weight.T, target))
+        True
     """
     check_reduction(reduction)
-    _check_output_layer(input, weight, bias, target)
-    _check_no_nan(weight, "weight")
+    target = _check_output_layer(input, weight, bias, target)
+    check_finite(weight, "weight")
     if bias is not None:
-        _check_no_nan(bias, "bias")
+        check_finite(bias, "bias")
     logits = F.linear(input, weight, bias)  # (B, C)
     true_logits = logits.gather(1, target[:, None]).squeeze(1)
     loss = torch.logsumexp(logits, dim=1) - true_logits

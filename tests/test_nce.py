@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
+import companion
 from companion import nce as N
 from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite
+from tests.host_syncs import count_host_syncs
 
 SAMPLED_LOSSES: dict[str, Callable[..., Tensor]] = {
     "nce": N.nce_loss,
@@ -380,7 +382,7 @@ def test_bad_loss_arguments(name: str) -> None:
         (TypeError, r"num_samples must be an int", lambda: fn(x, w, b, t, s, 2.5)),
         (
             ValueError,
-            r"weight must have shape \(num_classes, 4\)",
+            r"weight must have shape \(15, 4\), got \(15, 3\)",
             lambda: fn(x, w[:, :3], b, t, s, 4),
         ),
         (
@@ -405,11 +407,37 @@ def test_bad_loss_arguments(name: str) -> None:
             lambda: fn(x, w, b, t, "uniform", 4),
         ),
         (ValueError, r"reduction must be one of", lambda: fn(x, w, b, t, s, 4, reduction="avg")),
-        (ValueError, r"input contains NaN", lambda: fn(x * float("nan"), w, b, t, s, 4)),
+        (ValueError, r"input must be finite", lambda: fn(x * float("nan"), w, b, t, s, 4)),
         (
             ValueError,
-            r"weight contains NaN in a row used by this batch",
+            r"weight \(the rows this batch uses\) must be finite",
             lambda: fn(x, w.detach().index_fill(0, t[:1], float("nan")), b, t, s, 4),
+        ),
+        (
+            TypeError,
+            r"remove_accidental_hits must be a bool, got str",
+            lambda: fn(x, w, b, t, s, 4, remove_accidental_hits="yes"),
+        ),
+        (TypeError, r"sparse must be a bool, got int", lambda: fn(x, w, b, t, s, 4, sparse=1)),
+        (
+            ValueError,
+            r"negatives must have shape \(4,\), got \(3,\)",
+            lambda: fn(x, w, b, t, s, 4, negatives=torch.tensor([0, 1, 2])),
+        ),
+        (
+            ValueError,
+            r"negatives must hold class indices in \[0, 14\] .* got 15",
+            lambda: fn(x, w, b, t, s, 2, negatives=torch.tensor([0, 15])),
+        ),
+        (
+            TypeError,
+            r"negatives must hold integer class indices",
+            lambda: fn(x, w, b, t, s, 2, negatives=torch.tensor([True, False])),
+        ),
+        (
+            ValueError,
+            r"generator must be None when negatives are given",
+            lambda: fn(x, w, b, t, s, 2, negatives=t[:2], generator=torch.Generator()),
         ),
     ]
     for error, message, call in cases:
@@ -421,5 +449,219 @@ def test_bad_full_softmax_arguments() -> None:
     x, w, b, t = make_layer()
     with pytest.raises(ValueError, match=r"target must hold class indices .* got 20"):
         N.full_softmax_loss(x, w, b, torch.full((6,), 20))
-    with pytest.raises(ValueError, match=r"weight contains NaN"):
+    with pytest.raises(ValueError, match=r"weight must be finite"):
         N.full_softmax_loss(x, w.detach() * float("nan"), b, t)
+    with pytest.raises(ValueError, match=r"bias must be finite"):
+        N.full_softmax_loss(x, w, b.detach() - float("inf"), t)
+    with pytest.raises(ValueError, match=r"input must be finite"):
+        N.full_softmax_loss(x * float("inf"), w, b, t)
+
+
+# ------------------------------------------------------------------ infinities (issue 11, 4.4)
+
+
+@pytest.mark.parametrize("where", ["input", "weight", "bias"])
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", SAMPLED_LOSSES)
+def test_infinite_inputs_are_refused_with_the_argument_named(
+    name: str, value: float, where: str
+) -> None:
+    # before: sampled_softmax_loss returned NaN (inf - inf) or inf with no error
+    x, w, b, t = make_layer()
+    args = {"input": x, "weight": w.detach().clone(), "bias": b.detach().clone()}
+    if where == "input":
+        args["input"] = x.index_fill(0, torch.tensor([2]), value)
+    else:  # a row or entry that this batch uses: the target of row 0
+        args[where] = args[where].index_fill(0, t[:1], value)
+    call = lambda: SAMPLED_LOSSES[name](  # noqa: E731
+        args["input"], args["weight"], args["bias"], t, N.UniformSampler(15), 4
+    )
+    with pytest.raises(ValueError, match=rf"^{where}\b.* must be finite"):
+        call()
+    with companion.value_checks(False):  # the production setting: not read, not refused
+        call()
+
+
+def test_unused_rows_of_the_layer_are_not_read() -> None:
+    # a NaN in a row that no target and no negative uses does not change anything
+    x, w, b, t = make_layer()
+    negatives = torch.tensor([0, 1, 2])
+    unused = next(c for c in range(15) if c not in set(t.tolist()) | {0, 1, 2})
+    w_nan = w.detach().index_fill(0, torch.tensor([unused]), float("nan"))
+    for fn in SAMPLED_LOSSES.values():
+        sampler = N.UniformSampler(15)
+        got = fn(x, w_nan, b, t, sampler, 3, negatives=negatives)
+        want = fn(x, w.detach(), b, t, sampler, 3, negatives=negatives)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------- the hand-written backward
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("name", SAMPLED_LOSSES)
+def test_second_derivatives_are_exact(name: str, sparse: bool) -> None:
+    # the hand-written backward recomputes differentiably under create_graph=True
+    x, w, b, t = make_layer(batch=3, num_classes=7, dim=2)
+    x.requires_grad_(True)
+    sampler = N.UnigramSampler(torch.arange(1.0, 8.0))
+    negatives = torch.tensor([0, t[0].item(), 4, 4, 6])
+
+    def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        loss = SAMPLED_LOSSES[name](
+            x, w, b, t, sampler, 5, remove_accidental_hits=True, negatives=negatives
+        )
+        return loss
+
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+    # a gradient penalty through the sparse path agrees with the dense one
+    penalties = []
+    for sparse_ in (False, sparse):
+        loss = SAMPLED_LOSSES[name](x, w, b, t, sampler, 5, sparse=sparse_, negatives=negatives)
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        penalties.append(torch.autograd.grad(gx.square().sum(), (x, b)))
+    for got, want in zip(*penalties, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SAMPLED_LOSSES)
+def test_given_negatives_equal_the_drawn_ones(name: str) -> None:
+    x, w, b, t = make_layer()
+    sampler = N.LogUniformSampler(15)
+    drawn = sampler.sample(7, generator=torch.Generator().manual_seed(3))
+    got = SAMPLED_LOSSES[name](x, w, b, t, sampler, 7, negatives=drawn, reduction="none")
+    gen = torch.Generator().manual_seed(3)
+    want = SAMPLED_LOSSES[name](x, w, b, t, sampler, 7, generator=gen, reduction="none")
+    assert torch.equal(got, want)
+    # int32 targets and negatives are taken as class indices too
+    got32 = SAMPLED_LOSSES[name](
+        x, w, b, t.int(), sampler, 7, negatives=drawn.int(), reduction="none"
+    )
+    assert torch.equal(got32, want)
+
+
+# ------------------------------------------------------- the production contract (issue 11)
+
+STEP_OPTIONS = [
+    pytest.param(name, sparse, hits, id=f"{name}-{'sparse' if sparse else 'dense'}-hits{hits}")
+    for name in SAMPLED_LOSSES
+    for sparse in (False, True)
+    for hits in (False, True)
+]
+
+
+def counts(c: int) -> Tensor:
+    return torch.arange(1, c + 1, dtype=torch.float64) ** 1.5
+
+
+@pytest.mark.parametrize(("name", "sparse", "hits"), STEP_OPTIONS)
+def test_zero_host_syncs_with_value_checks_off(name: str, sparse: bool, hits: bool) -> None:
+    # before: 4 to 6 per step (the NaN check of the used rows, the sampler's range check ...)
+    x, w, b, t = make_layer(dtype=torch.float32)
+    x.requires_grad_(True)
+    extra = {"subtract_log_q": False} if name == "sampled_softmax" else {}
+    for sampler in samplers(15):
+        kwargs = {"sparse": sparse, "remove_accidental_hits": hits}
+        with companion.value_checks(False), count_host_syncs() as syncs:
+            loss = SAMPLED_LOSSES[name](x, w, b, t, sampler, 6, **kwargs)
+            loss.backward()
+            if extra:
+                SAMPLED_LOSSES[name](x, w, None, t, sampler, 6, **kwargs, **extra).backward()
+        assert syncs() == 0, type(sampler).__name__
+        assert w.grad is not None and w.grad.is_sparse == sparse
+        x.grad = w.grad = b.grad = None
+    with count_host_syncs() as syncs:  # value checks on: they read the data, and say so
+        SAMPLED_LOSSES[name](x, w, b, t, samplers(15)[0], 6).backward()
+    assert syncs() > 0
+
+
+def test_full_softmax_makes_no_host_sync_with_value_checks_off() -> None:
+    x, w, b, t = make_layer(dtype=torch.float32)
+    with companion.value_checks(False), count_host_syncs() as syncs:
+        N.full_softmax_loss(x, w, b, t).backward()
+    assert syncs() == 0
+
+
+def values_and_grads(fn: Callable[..., Tensor], *inputs: Tensor) -> list[Tensor]:
+    leaves = [a.detach().clone().requires_grad_(True) for a in inputs]
+    loss = fn(*leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    return [loss.detach(), *(g.to_dense() if g.is_sparse else g for g in grads)]
+
+
+COMPILED_OPTIONS = [
+    pytest.param(name, sparse, id=f"{name}-{'sparse' if sparse else 'dense'}")
+    for name in SAMPLED_LOSSES
+    for sparse in (False, True)
+]
+
+
+@pytest.mark.parametrize(("name", "sparse"), COMPILED_OPTIONS)
+def test_compiles_as_one_graph_and_equals_eager(name: str, sparse: bool) -> None:
+    """A fixed draw of negatives (a generator cannot enter a graph); every sampler's log q."""
+    x, w, b, t = make_layer(batch=5, num_classes=12, dim=3, dtype=torch.float32)
+    negatives = torch.tensor([0, 3, 3, t[0].item(), 11, 7])  # a repeat and an accidental hit
+
+    options = {"remove_accidental_hits": True, "sparse": sparse, "negatives": negatives}
+    noise = samplers(12)
+
+    def step(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return sum(  # type: ignore[return-value]
+            SAMPLED_LOSSES[name](x, w, b, t, sampler, 6, **options) for sampler in noise
+        )
+
+    torch._dynamo.reset()
+    with companion.value_checks(False):
+        eager = values_and_grads(step, x, w, b)
+    compiled_step = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = values_and_grads(compiled_step, x, w, b)  # value checks skipped while tracing
+    for what, e, c in zip(("loss", "d input", "d weight", "d bias"), eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=what)
+
+
+def test_compiles_with_inductor_and_equals_eager() -> None:
+    # one graph holding the three losses: the generated kernels, not only the traced graph
+    x, w, b, t = make_layer(batch=5, num_classes=12, dim=3, dtype=torch.float32)
+    sampler = N.UnigramSampler(counts(12))
+    negatives = torch.tensor([0, 3, 3, 11, 7])
+
+    def step(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return sum(  # type: ignore[return-value]
+            fn(x, w, b, t, sampler, 5, negatives=negatives) for fn in SAMPLED_LOSSES.values()
+        )
+
+    torch._dynamo.reset()
+    with companion.value_checks(False):
+        eager = values_and_grads(step, x, w, b)
+    compiled = values_and_grads(torch.compile(step, fullgraph=True), x, w, b)
+    for what, e, c in zip(("loss", "d input", "d weight", "d bias"), eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=what)
+
+
+@pytest.mark.parametrize("sampler", samplers(12), ids=lambda s: type(s).__name__)
+def test_samplers_draw_inside_a_compiled_graph(sampler: N.CandidateSampler) -> None:
+    # with generator=None the draw comes from the global random state, inside the graph
+    x, w, b, t = make_layer(batch=5, num_classes=12, dim=3, dtype=torch.float32)
+
+    def step(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return sum(  # type: ignore[return-value]
+            fn(x, w, b, t, sampler, 6, remove_accidental_hits=True)
+            for fn in SAMPLED_LOSSES.values()
+        )
+
+    torch._dynamo.reset()
+    loss, *grads = values_and_grads(
+        torch.compile(step, fullgraph=True, backend="aot_eager"), x, w, b
+    )
+    assert_finite(loss, *grads)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(N, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+    for name in N.__all__:
+        doc = getattr(N, name).__doc__ or ""
+        assert "Examples:" in doc and ">>>" in doc, name
+        assert "Shape:" in doc, name
