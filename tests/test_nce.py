@@ -341,6 +341,12 @@ def test_bad_sampler_arguments() -> None:
         N.UnigramSampler(5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"power must be a finite non-negative number, got -1"):
         N.UnigramSampler([1.0, 2.0], power=-1.0)
+    with pytest.raises(TypeError, match=r"power must be a real number .* got str"):
+        N.UnigramSampler([1.0, 2.0], power="0.75")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"power must be a real number .* got bool"):
+        N.UnigramSampler([1.0, 2.0], power=True)
+    with pytest.raises(TypeError, match=r"num_samples must be an int, got bool"):
+        N.UniformSampler(3).sample(True)
     with pytest.raises(ValueError, match=r"num_classes must be at least 1, got 0"):
         N.UniformSampler(0)
     sampler = N.LogUniformSampler(5)
