@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -17,11 +16,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def normalize(x: Tensor, dim: int = -1) -> Tensor:
-    r"""``x / max(||x||, eps)`` along ``dim``, with an ``eps`` that exists in ``x``'s dtype.
+    r"""``x / ||x||`` along ``dim``; a zero vector stays zero, with a zero gradient.
 
-    :func:`torch.nn.functional.normalize` uses ``eps = 1e-12``, which is 0 in float16: a zero
-    row then becomes 0 / 0 = NaN. Here ``eps`` is at least the dtype's smallest normal number,
-    so a zero row stays zero (and its gradient finite) in every dtype.
+    :func:`torch.nn.functional.normalize` divides by ``max(||x||, eps)`` with ``eps = 1e-12``,
+    which is 0 in float16 (a zero row becomes 0 / 0 = NaN) and, in every dtype, gives a zero
+    row the gradient ``1 / eps`` (1e12 in float32, infinite in float16). Here a vector whose
+    norm is 0 (or underflows to 0) maps to 0 and passes no gradient, the subgradient choice
+    ``torch.linalg.vector_norm`` makes at 0; every other vector gets the exact value and
+    gradient.
     """
-    eps = max(1e-12, torch.finfo(x.dtype).tiny) if x.is_floating_point() else 1e-12
-    return F.normalize(x, dim=dim, eps=eps)
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    nonzero = norm > 0
+    safe = torch.where(nonzero, norm, torch.ones_like(norm))
+    return torch.where(nonzero, x / safe, torch.zeros_like(x))

@@ -29,6 +29,7 @@ agree with both.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,6 +44,7 @@ from companion._validate import (
     check_shape,
     check_tensor,
     reduce_loss,
+    value_checks_enabled,
 )
 from companion.sigmoid import log1m_sigmoid, log_sigmoid, sigmoid, softplus
 
@@ -99,6 +101,26 @@ def add_intercept(x: Tensor) -> Tensor:
     """
     check_tensor(x, "x", ndim=2)
     return torch.cat([torch.ones_like(x[:, :1]), x], dim=1)
+
+
+def _as_design(X: object, y: object) -> tuple[Tensor, Tensor]:
+    """NumPy arrays to tensors, and bool / integer labels to ``X``'s floating dtype."""
+    if isinstance(X, np.ndarray):
+        X = torch.from_numpy(X if np.issubdtype(X.dtype, np.floating) else X.astype(np.float64))
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(X, Tensor):
+        raise TypeError(f"X must be a torch.Tensor or a NumPy array, got {type(X).__name__}")
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor or a NumPy array, got {type(y).__name__}")
+    if X.is_floating_point() and not y.is_floating_point():
+        if y.is_complex():
+            raise TypeError(f"y must hold 0/1 labels, got dtype {y.dtype}")
+        if y.dtype != torch.bool and value_checks_enabled() and bool(((y != 0) & (y != 1)).any()):
+            bad = int(y[(y != 0) & (y != 1)][0])
+            raise ValueError(f"y must hold the labels 0 and 1, got {bad}")
+        y = y.to(dtype=X.dtype, device=X.device)
+    return X, y
 
 
 def _check_design(x: Tensor, y: Tensor) -> None:
@@ -203,12 +225,15 @@ class LogisticRegression:
     def _design(self, x: Tensor) -> Tensor:
         return add_intercept(x) if self.fit_intercept else x
 
-    def fit(self, X: Tensor, y: Tensor) -> LogisticRegression:
+    def fit(self, X: Tensor | np.ndarray, y: Tensor | np.ndarray) -> LogisticRegression:
         """Fit to features ``X`` of shape ``(N, d)`` and targets ``y`` of shape ``(N,)``.
 
-        ``y`` holds 0.0 / 1.0 labels (probabilities in [0, 1] are accepted too), with the same
-        floating dtype and device as ``X``. Returns ``self``.
+        Takes what scikit-learn takes: ``X`` a floating tensor or a NumPy array (integer
+        arrays become float64); ``y`` 0/1 labels as a bool, integer or floating tensor or
+        array (probabilities in [0, 1] are accepted too), converted to ``X``'s dtype and
+        device. Returns ``self``.
         """
+        X, y = _as_design(X, y)
         _check_design(X, y)
         xt = self._design(X)
         n = xt.shape[0]

@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from companion._numerics import compute_dtype
 from companion._validate import (
     check_batch_size,
     check_finite,
@@ -195,7 +196,7 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
             does not have shape ``(C,)``.
     """
     check_tensor(logits, "logits", allow_empty=True, allow_inf=True)
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    work = compute_dtype(logits.dtype)
     if isinstance(threshold, Tensor):
         check_tensor(threshold, "threshold", ndim=1)
         if logits.dim() == 0 or threshold.shape[0] != logits.shape[-1]:
@@ -213,8 +214,8 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
         t = torch.tensor(float(threshold), dtype=torch.float64, device=logits.device)
-    cut = (torch.log(t) - torch.log1p(-t)).to(compute_dtype)  # logit(t); +-inf at 1 and 0
-    return logits.to(compute_dtype) >= cut
+    cut = (torch.log(t) - torch.log1p(-t)).to(work)  # logit(t); +-inf at 1 and 0
+    return logits.to(work) >= cut
 
 
 def _as_label_matrix(x: object, name: str) -> Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from companion._numerics import compute_dtype
 from companion._validate import (
     check_batch_size,
     check_class_index,
@@ -36,13 +37,6 @@ from companion._validate import (
 )
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "log_softmax", "logsumexp", "softmax"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float32 for half-precision inputs (their sums lose too much), else the input's dtype."""
-    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
 
 
 def _check_dim(x: object, dim: object, name: str = "x") -> tuple[Tensor, int]:
@@ -95,7 +89,7 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
         ``x``'s shape without ``dim`` (or with it of size 1), in ``x``'s dtype and device.
     """
     x, d = _check_dim(x, dim)
-    m, _, log_norm = _shift_and_log_norm(x.to(_compute_dtype(x)), d)
+    m, _, log_norm = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
     out = m + log_norm
     if not keepdim:
         out = out.squeeze(d)
@@ -116,7 +110,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
         same shape, dtype and device as ``x``.
     """
     x, d = _check_dim(x, dim)
-    _, shifted, log_norm = _shift_and_log_norm(x.to(_compute_dtype(x)), d)
+    _, shifted, log_norm = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
     return (shifted - log_norm).to(x.dtype)
 
 
@@ -136,7 +130,7 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
         ``dim``.
     """
     x, d = _check_dim(x, dim)
-    _, shifted, _ = _shift_and_log_norm(x.to(_compute_dtype(x)), d)
+    _, shifted, _ = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
     e = torch.exp(shifted)
     return (e / e.sum(dim=d, keepdim=True)).to(x.dtype)
 
@@ -332,7 +326,7 @@ def cross_entropy(
     )
     check_reduction(reduction)
     batch, num_classes = logits.shape
-    log_p = log_softmax(logits.to(_compute_dtype(logits)), dim=1)
+    log_p = log_softmax(logits.to(compute_dtype(logits.dtype)), dim=1)
     w = weight.to(log_p.dtype) if weight is not None else None
     sample_weight: Tensor | None = None
     if is_index:
@@ -397,7 +391,7 @@ def cross_entropy_grad(
     )
     check_reduction(reduction)
     batch, num_classes = logits.shape
-    p = softmax(logits.to(_compute_dtype(logits)), dim=1)
+    p = softmax(logits.to(compute_dtype(logits.dtype)), dim=1)
     a, sample_weight = _coefficients(target, weight, eps, is_index, num_classes, p)
     grad = p * a.sum(1, keepdim=True) - a
     if reduction == "mean":

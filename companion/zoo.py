@@ -340,9 +340,11 @@ def cosine_distance(
             f"dim must be in [{-x.dim()}, {x.dim() - 1}] for input of shape {tuple(x.shape)}, "
             f"got {dim}"
         )
-    check_positive(eps, "eps")
-    x_unit = x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(eps)
-    y_unit = y / torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_min(eps)
+    # an eps below the dtype's smallest normal number rounds to 0 (1e-8 in float16): then a
+    # zero vector would be 0 / 0
+    floor = max(check_positive(eps, "eps"), torch.finfo(x.dtype).tiny)
+    x_unit = x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(floor)
+    y_unit = y / torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_min(floor)
     return reduce_loss(1 - (x_unit * y_unit).sum(dim=dim), reduction)
 
 

@@ -133,12 +133,13 @@ def _output_layer(dtype: torch.dtype) -> list[Any]:
 
 
 def _sampled(fn: Callable[..., Tensor], **extra: Any) -> Callable[..., Tensor]:
-    """A sampled loss with a fixed seeded draw of 7 classes from a log-uniform sampler."""
+    """A sampled loss with 7 log-uniform negatives drawn beforehand (a fixed, seeded draw)."""
+    sampler = NC.LogUniformSampler(20)
+    negatives = sampler.sample(7, generator=_gen(8))
 
     def call(x: Tensor, w: Tensor, b: Tensor, t: Tensor, reduction: str = "mean") -> Tensor:
         return fn(
-            x, w, b, t, NC.LogUniformSampler(20), 7,
-            reduction=reduction, generator=_gen(8), **extra,
+            x, w, b, t, sampler, 7, reduction=reduction, negatives=negatives, **extra
         )  # fmt: skip
 
     return call

@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import array_shapes, arrays
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 from torch import Tensor
 
+from companion import logistic as L
 from companion.data import load_breast_cancer, two_gaussians
 from companion.logistic import (
     LogisticRegression,
@@ -267,3 +268,28 @@ def test_model_bad_input() -> None:
         model.predict_proba(X3.float())
     with pytest.raises(ValueError, match=r"y must hold labels or probabilities"):
         LogisticRegression().fit(X3, _t(0, 1, 3))
+
+
+def test_fit_takes_what_scikit_learn_takes() -> None:
+    """0/1 labels as bool, int or float tensors and NumPy arrays all give the same fit."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    labels = (X[:, 0] + 0.3 * torch.randn(40, generator=g, dtype=torch.float64) > 0).double()
+    want = L.LogisticRegression().fit(X, labels).coef_
+    for y in (labels.bool(), labels.long(), labels.int(), labels.numpy(), labels.long().numpy()):
+        got = L.LogisticRegression().fit(X, y).coef_
+        assert got is not None and want is not None
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    from_numpy = L.LogisticRegression().fit(X.numpy(), labels.numpy()).coef_
+    assert from_numpy is not None and want is not None
+    torch.testing.assert_close(from_numpy, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="y must hold the labels 0 and 1, got 2"):
+        L.LogisticRegression().fit(X, labels.long() * 2)
+
+
+def test_fit_with_inf_names_the_argument() -> None:
+    """Finding 7: inf in X used to end in 'x contains NaN', an internal variable."""
+    X = torch.ones(4, 2, dtype=torch.float64)
+    X[1, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"^X must be finite"):
+        L.LogisticRegression().fit(X, torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64))

@@ -608,3 +608,72 @@ def _functional_cases() -> list[tuple[Callable[[], object], type[Exception], str
 def test_bad_input(call: Callable[[], object], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+# ------------------------------------------------------------------------------------------
+# findings of the adversarial review (issue 11, section 4)
+# ------------------------------------------------------------------------------------------
+
+
+def test_uint8_and_bool_targets_are_refused_not_read_as_masks() -> None:
+    """uint8 targets used to index as a mask: with B == C the margin landed on the diagonal."""
+    for dtype in (torch.uint8, torch.bool):
+        with pytest.raises(TypeError, match="target must hold integer class indices"):
+            M.additive_angular_margin_loss(torch.zeros(4, 4), torch.ones(4, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", ["LSoftmaxLoss", "ASoftmaxLoss", "AMSoftmaxLoss", "ArcFaceLoss"])
+def test_int32_targets_equal_int64(name: str) -> None:
+    x, y = _data(5)
+    torch.manual_seed(0)
+    head = getattr(M, name)(D, C, dtype=F64)
+    head.eval()  # the lambda schedule does not move between the two calls
+    torch.testing.assert_close(head(x, y.int()), head(x, y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["AMSoftmaxLoss", "ArcFaceLoss"])
+def test_float16_zero_feature_row_is_finite(name: str) -> None:
+    """F.normalize's eps (1e-12) is 0 in float16: a zero row used to give NaN."""
+    torch.manual_seed(0)
+    head = getattr(M, name)(D, C, dtype=torch.float16)
+    x = torch.randn(3, D, dtype=torch.float16)
+    x[1] = 0
+    x.requires_grad_(True)
+    loss = head(x, torch.tensor([0, 1, 2]))
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+
+
+def test_non_integer_margin_has_the_limit_derivative_at_cos_one() -> None:
+    """d psi_m / d cos at cos = 1 is m^2 (cos(m arccos c) ~ 1 - m^2 (1 - c)), not 0."""
+    for m in (1.5, 2.5, 3.7):
+        c = torch.tensor([1.0], dtype=F64, requires_grad=True)
+        value = M.multiplicative_angular_margin(c, m)
+        (slope,) = torch.autograd.grad(value.sum(), c)
+        assert value.item() == 1.0
+        assert slope.item() == pytest.approx(m * m, rel=1e-12)
+        # and it is the limit of the slope just inside
+        near = torch.tensor([1 - 1e-9], dtype=F64, requires_grad=True)
+        (inside,) = torch.autograd.grad(M.multiplicative_angular_margin(near, m).sum(), near)
+        assert inside.item() == pytest.approx(m * m, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["LSoftmaxLoss", "ASoftmaxLoss"])
+def test_scheduled_heads_make_no_host_sync_and_compile(name: str) -> None:
+    """With the default lambda schedule (read from a buffer, advanced in place)."""
+    import companion
+    from tests.host_syncs import count_host_syncs
+
+    torch.manual_seed(0)
+    eager = getattr(M, name)(D, C)
+    torch.manual_seed(0)
+    compiled_head = getattr(M, name)(D, C)
+    compiled = torch.compile(compiled_head, fullgraph=True, backend="aot_eager")
+    x, y = torch.randn(5, D), torch.randint(C, (5,))
+    with companion.value_checks(False):
+        with count_host_syncs() as syncs:
+            getattr(M, name)(D, C)(x, y).backward()
+        assert syncs() == 0
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x, y), eager(x, y), rtol=1e-4, atol=1e-5)
+    assert int(eager.iteration) == int(compiled_head.iteration) == 3

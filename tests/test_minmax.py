@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from companion import minmax as MM
 from companion.minmax import (
     DISTANCES,
     LabelEmbeddingClassifier,
@@ -371,3 +372,23 @@ def test_sampler_and_classifier_bad_input() -> None:
         model.predict_labels(torch.zeros(1, 2), threshold=1.5)
     with pytest.raises(ValueError, match=r"x must have 2 dimension\(s\), got 1"):
         model.scores(torch.zeros(2))
+
+
+def test_label_embedding_classifier_takes_device_and_dtype() -> None:
+    """Finding 10: it had no device/dtype arguments and failed on float64 input."""
+    torch.manual_seed(0)
+    model = MM.LabelEmbeddingClassifier(4, 3, 2, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    loss = model.loss(x, torch.tensor([0, 1, 2, 0, 1]))
+    assert loss.dtype == torch.float64 and model.scores(x).dtype == torch.float64
+
+
+def test_float16_zero_feature_row_is_finite() -> None:
+    """Finding 5: normalising a zero row in float16 used to give NaN."""
+    f = torch.randn(3, 4, dtype=torch.float16)
+    f[0] = 0
+    f.requires_grad_(True)
+    c = torch.randn(3, 4, dtype=torch.float16, requires_grad=True)
+    loss = MM.min_max_loss(f, c, torch.tensor([0, 1, 2]))
+    grads = torch.autograd.grad(loss, (f, c))
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)

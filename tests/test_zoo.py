@@ -734,3 +734,13 @@ def test_bad_input(index: int) -> None:
     call, error, message = BAD_INPUT[index]
     with pytest.raises(error, match=message):
         call()
+
+
+def test_cosine_distance_float16_zero_row_is_finite() -> None:
+    """Finding 5: eps = 1e-8 rounds to 0 in float16, and a zero row gave 0 / 0."""
+    x = torch.randn(3, 4, dtype=torch.float16)
+    x[2] = 0
+    x.requires_grad_(True)
+    loss = Z.cosine_distance(x, torch.randn(3, 4, dtype=torch.float16))
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
