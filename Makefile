@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUILD  := _build
 NBDIR  := $(BUILD)/notebooks
+NBCACHE := $(BUILD)/.jupyter_cache
+WHEELENV := $(BUILD)/wheel-venv
 # Chapters are the MyST notebooks under book/ (pages with a jupytext header).
 CHAPTERS = $(shell grep -l '^ *format_name: myst' book/*.md)
 JOBS   ?= 2
@@ -17,7 +19,7 @@ export PYTHONHASHSEED := 0
 unit nbval book page site-test: export OMP_NUM_THREADS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all setup book page test lint typecheck unit notebooks nbval site-test bench clean
+.PHONY: all setup book page test lint typecheck unit notebooks nbval site-test wheel-test bench clean
 
 all: book
 
@@ -29,9 +31,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The site: every chapter is re-read (--all, so a change in companion/ alone re-runs them all)
-# and executed (execute_notebooks: force); any warning or cell error fails the build.
-book: $(STAMP)
+# The site. Each chapter is executed once, by nbval (below), whose outputs are filed in the
+# build's jupyter-cache (keyed on companion/ and the pins, see tools/nbcache.py); the build then
+# reads them from there (execute_notebooks: cache) instead of running the chapters again. It
+# re-reads every page (--all) and fails on any warning; a chapter missing from the cache is
+# executed by the build itself, and a cell error there fails it too.
+book: nbval
+	$(BIN)/python tools/nbcache.py check $(NBCACHE)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
 # A quick look at one chapter while writing it: the whole site is built into
@@ -55,21 +61,50 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -n $(JOBS) -m "not browser" tests
 
-# jupytext turns each MyST chapter into a plain .ipynb (no outputs) for nbval.
+# jupytext turns each MyST chapter into a plain .ipynb (no outputs), for nbval or to open.
 notebooks: $(STAMP)
-	@rm -rf $(NBDIR) && mkdir -p $(NBDIR)
-	@for f in $(CHAPTERS); do \
-	  $(BIN)/jupytext --quiet --to ipynb --output $(NBDIR)/$$(basename $${f%.md}).ipynb $$f || exit 1; \
-	done
+	@rm -rf $(NBDIR)
+	@$(BIN)/python tools/nbcache.py convert $(NBDIR) $(CHAPTERS) > /dev/null
 
-# One notebook per worker; check cells (asserts) make the values count.
-nbval: notebooks
-	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax -n $(JOBS) --dist loadfile $(NBDIR)
+# nbval runs every chapter, one notebook per worker, the slowest first; check cells (asserts)
+# make the values count. tools/nbval_record.py keeps the outputs of each chapter that passed
+# and tools/nbcache.py files them for the book build. Each run works in its own folder, so that
+# two runs at once (make nbval CHAPTERS=... while writing) do not remove each other's files.
+nbval: $(STAMP)
+	@mkdir -p $(BUILD)
+	@run=$$(mktemp -d $(BUILD)/nbval.XXXXXX) && trap 'rm -rf '$$run EXIT && \
+	notebooks=$$($(BIN)/python tools/nbcache.py convert $$run/in $(CHAPTERS)) && \
+	NBVAL_RECORD_DIR=$$run/out $(BIN)/python -m pytest -q -p no:cacheprovider -p tools.nbval_record \
+	  --nbval-lax -n $(JOBS) --dist loadfile --no-loadscope-reorder $$notebooks && \
+	$(BIN)/python tools/nbcache.py store $$run/out $(NBCACHE)
 
 site-test: $(STAMP)
 	$(BIN)/pytest -q -m browser tests/test_site.py
 
-test: lint typecheck unit nbval book site-test
+# The package on its own: build the wheel, install it into a virtual environment that holds
+# nothing but torch and numpy (at the pinned versions, from the same package index as .venv),
+# and import every module and run every doctest there (tools/wheel_smoke.py), from outside the
+# source tree. The environment is kept in $(WHEELENV) while the pins stay the same; companion is
+# reinstalled from the new wheel each time, and anything else found in it fails the test.
+wheel-test: $(STAMP)
+	@rm -rf $(BUILD)/dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir $(BUILD)/dist .
+	@rm -rf build
+	@pins="$$(grep -E '^(torch|numpy)==' requirements.txt | sort | tr '\n' ' ')"; \
+	if [ "$$(cat $(WHEELENV)/.pins 2>/dev/null)" != "$$pins" ]; then \
+	  rm -rf $(WHEELENV) && $(PYTHON) -m venv $(WHEELENV) && \
+	  { $(WHEELENV)/bin/python -m pip install --quiet $$pins > $(BUILD)/wheel-venv.log 2>&1 \
+	    || { cat $(BUILD)/wheel-venv.log; exit 1; }; } && \
+	  echo "$$pins" > $(WHEELENV)/.pins; \
+	fi
+	$(WHEELENV)/bin/python -m pip install --quiet --no-deps --force-reinstall $(BUILD)/dist/companion-*.whl
+	@$(WHEELENV)/bin/python -m pip check
+	@extra="$$($(WHEELENV)/bin/python -m pip freeze --exclude-editable | grep -viE \
+	  '^(companion|torch|numpy|filelock|typing.extensions|sympy|mpmath|networkx|jinja2|markupsafe|fsspec|setuptools)(==| @)')"; \
+	  test -z "$$extra" || { echo "wheel-test: unexpected packages in $(WHEELENV): $$extra"; exit 1; }
+	cd $(BUILD) && OMP_NUM_THREADS=1 $(abspath $(WHEELENV))/bin/python $(abspath tools/wheel_smoke.py)
+
+test: lint typecheck unit book site-test wheel-test
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -18,6 +18,7 @@ def page_config(page: str) -> dict[str, object]:
     keep = {page, "book/errata.md"}
     chapters = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "book").glob("*.md"))
     config["execute"]["exclude_patterns"] = [p for p in chapters if p not in keep]
+    config["execute"]["execute_notebooks"] = "force"  # never a stale cached result while writing
     sphinx = config["sphinx"]
     # the config file is read from another folder: make local extension paths absolute
     sphinx["local_extensions"] = {
