@@ -219,6 +219,13 @@ def main() -> None:
         return
 
     load = os.getloadavg()[0]  # recorded with the table: a busy machine distorts the times
+    if load > 0.5:
+        print(
+            f"warning: the 1-minute load average is {load:.2f} on {os.cpu_count()} cores; other "
+            "work slows the many small parallel kernels of the sampled steps more than the "
+            "floor's few large ones, so the ratios below will be too high",
+            file=sys.stderr,
+        )
 
     c, d, b, s = (50_000, 64, 256, 256) if args.quick else (1_000_000, 128, 1024, 1024)
     runs = {"full": 2 if args.quick else 3}
