@@ -241,123 +241,131 @@ def _normalised_tile(weight: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
     return w / norms, norms
 
 
-def _replace_target(logits: Tensor, start: int, target: Tensor, owned: Tensor, t: Tensor) -> None:
-    """Write ``t`` at column ``target - start`` of each owned row whose target is in this tile."""
+def _mask_target(logits: Tensor, start: int, target: Tensor, owned: Tensor) -> None:
+    """Set column ``target - start`` to -inf in each owned row whose target is in this tile."""
     width = logits.shape[1]
     col = target - start
     inside = owned & (col >= 0) & (col < width)
     col = col.clamp(0, width - 1)
     rows = torch.arange(logits.shape[0], device=logits.device)
-    logits.index_put_((rows, col), torch.where(inside, t, logits[rows, col]))
+    minus_inf = torch.full_like(logits[:, 0], -math.inf)
+    logits.index_put_((rows, col), torch.where(inside, minus_inf, logits[rows, col]))
 
 
-class _ChunkedLogSumExp(torch.autograd.Function):
-    r"""Row log-sum-exps :math:`a_i = \log\sum_j e^{z_{ij}}` over this process's classes, in chunks.
+def _finite_or_zero(x: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
-    :math:`z_{ij} = \hat x_i^{(s)} \cdot \hat w_j` (``scaled`` holds :math:`s\hat x_i`, the
-    centres are normalised tile by tile), except at an owned row's target, where
-    :math:`z_{iy_i} = t_i`. Forward: per tile, an online log-sum-exp
+
+class _ChunkedRestAndTarget(torch.autograd.Function):
+    r"""Per row, the log-sum-exp of the non-target logits and the target cosine, in class chunks.
+
+    With unit features :math:`\hat x_i`, this process's centres :math:`w_j` (normalised tile
+    by tile, never all at once) and :math:`z_{ij} = s\,\hat x_i \cdot \hat w_j`, it returns
+
+    .. math::
+
+        r_i = \log \sum_{j \ne y_i} e^{z_{ij}}, \qquad c_i = \hat x_i \cdot \hat w_{y_i},
+
+    where the target is excluded (and :math:`c_i` meaningful) only in rows whose target this
+    process owns. Forward: an online log-sum-exp over the tiles,
     :math:`(\mu, \sigma) \leftarrow (\mu', \sigma e^{\mu - \mu'} + \sum_j e^{z_{ij} - \mu'})`;
-    saved: :math:`a` only. Backward, with :math:`g_i = \partial/\partial a_i` and
-    :math:`P_{ij} = g_i e^{z_{ij} - a_i}`: :math:`\partial t_i = P_{iy_i}`, then with that entry
-    zeroed :math:`\partial(s\hat x) = P\hat W`, :math:`\partial \hat W = P^\top (s\hat x)` and,
-    through the normalisation, :math:`\partial w_j = (\partial\hat w_j -
-    \hat w_j(\hat w_j\cdot\partial\hat w_j))/\lVert w_j \rVert`, written into the weight's
-    gradient one tile at a time.
+    saved: :math:`r` and the inputs. Backward, with :math:`g_i = \partial/\partial r_i`,
+    :math:`h_i = \partial/\partial c_i` and :math:`P_{ij} = g_i e^{z_{ij} - r_i}` (0 at the
+    target): :math:`\partial\hat x = sP\hat W + h\,\hat w_y`,
+    :math:`\partial\hat W = sP^\top\hat x` plus :math:`h_i\hat x_i` added to row :math:`y_i`,
+    and through the normalisation :math:`\partial w_j = (\partial\hat w_j - \hat w_j(\hat
+    w_j\cdot\partial\hat w_j))/\lVert w_j\rVert`, written into the weight's gradient one tile at
+    a time: the only ``C x D`` tensor the backward pass allocates is that gradient.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
-        scaled: Tensor,
+        x_hat: Tensor,
         weight: Tensor,
-        t: Tensor,
         target: Tensor,
         owned: Tensor,
+        scale: float,
         chunk: int,
-    ) -> Tensor:
-        acc = _accumulation_dtype(scaled.dtype)
-        x = scaled.to(acc)
-        ta = t.to(acc)
+    ) -> tuple[Tensor, Tensor]:
+        acc = _accumulation_dtype(x_hat.dtype)
+        x = x_hat.to(acc)
+        scaled = x * scale
         rows = x.shape[0]
         top = torch.full((rows,), -math.inf, dtype=acc, device=x.device)
         total = torch.zeros(rows, dtype=acc, device=x.device)
         for start in range(0, weight.shape[0], chunk):
             w_hat, _ = _normalised_tile(weight[start : start + chunk], acc)
-            logits = x @ w_hat.T
-            _replace_target(logits, start, target, owned, ta)
-            new_top = torch.maximum(top, logits.amax(dim=1))
+            logits = scaled @ w_hat.T
+            _mask_target(logits, start, target, owned)
+            new_top = _finite_or_zero(torch.maximum(top, logits.amax(dim=1)))
             total = total * torch.exp(top - new_top) + torch.exp(logits - new_top[:, None]).sum(1)
             top = new_top
-        lse = top + torch.log(total)
-        ctx.save_for_backward(scaled, weight, t, target, owned, lse)
-        ctx.chunk = chunk
-        return lse.to(scaled.dtype)
+        rest = top + torch.log(total)  # -inf where a row has no class but its target here
+        w_target, _ = _normalised_tile(weight[target], acc)
+        cosine = (x * w_target).sum(dim=1)
+        ctx.save_for_backward(x_hat, weight, target, owned, rest)
+        ctx.scale, ctx.chunk = scale, chunk
+        return rest, cosine  # in the accumulation dtype (float32 for half inputs)
 
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: Any, grad_lse: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
-        scaled, weight, t, target, owned, lse = ctx.saved_tensors
-        chunk = ctx.chunk
-        need_x, need_w, need_t = ctx.needs_input_grad[:3]
-        acc = lse.dtype
-        x = scaled.to(acc)
-        ta = t.to(acc)
-        g = grad_lse.to(acc)
-        rows = torch.arange(x.shape[0], device=x.device)
-        d_x = torch.zeros_like(x) if need_x else None
+        ctx: Any, grad_rest: Tensor, grad_cosine: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+        x_hat, weight, target, owned, rest = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        need_x, need_w = ctx.needs_input_grad[:2]
+        acc = rest.dtype
+        x = x_hat.to(acc)
+        scaled = x * scale
+        g = grad_rest.to(acc)
+        h = torch.where(owned, grad_cosine.to(acc), torch.zeros_like(g))
+        safe_rest = _finite_or_zero(rest)
+        d_x = torch.zeros_like(x)
         d_w = torch.empty_like(weight) if need_w else None
-        d_t = torch.zeros_like(ta)
         for start in range(0, weight.shape[0], chunk):
             stop = min(start + chunk, weight.shape[0])
             w_hat, norms = _normalised_tile(weight[start:stop], acc)
-            logits = x @ w_hat.T
-            _replace_target(logits, start, target, owned, ta)
-            prob = torch.exp(logits - lse[:, None]) * g[:, None]
-            col = target - start
-            inside = owned & (col >= 0) & (col < stop - start)
-            col = col.clamp(0, stop - start - 1)
-            at_target = prob[rows, col]
-            d_t = d_t + torch.where(inside, at_target, torch.zeros_like(at_target))
-            prob.index_put_(
-                (rows, col), torch.where(inside, torch.zeros_like(at_target), at_target)
-            )
-            if d_x is not None:
+            logits = scaled @ w_hat.T
+            _mask_target(logits, start, target, owned)
+            prob = torch.exp(logits - safe_rest[:, None]) * g[:, None]
+            if need_x:
                 d_x += prob @ w_hat
             if d_w is not None:
-                d_hat = prob.T @ x
-                radial = (d_hat * w_hat).sum(dim=1, keepdim=True)
-                # F.normalize's derivative: the radial part is removed only where the norm
-                # was not clamped
-                d_hat = d_hat - torch.where(norms > _EPS, radial, torch.zeros_like(radial)) * w_hat
-                d_w[start:stop] = (d_hat / norms).to(weight.dtype)
-        return (
-            d_x.to(scaled.dtype) if d_x is not None else None,
-            d_w,
-            d_t.to(t.dtype) if need_t else None,
-            None,
-            None,
-            None,
-        )
+                d_w[start:stop] = _through_normalisation(prob.T @ scaled, w_hat, norms)
+        d_x *= scale
+        w_target, norms_t = _normalised_tile(weight[target], acc)
+        d_x += h[:, None] * w_target
+        if d_w is not None:
+            d_target = _through_normalisation(h[:, None] * x, w_target, norms_t)
+            d_w.index_add_(0, target, d_target.to(d_w.dtype))
+        return (d_x.to(x_hat.dtype) if need_x else None, d_w, None, None, None, None)
 
 
-def _local_logsumexp(
-    scaled: Tensor, weight: Tensor, t: Tensor, target: Tensor, owned: Tensor, chunk: int | None
-) -> Tensor:
-    """``log sum_j exp(z_ij)`` over the classes in ``weight``, the owned targets replaced by t."""
+def _through_normalisation(d_hat: Tensor, w_hat: Tensor, norms: Tensor) -> Tensor:
+    """The gradient of ``w / max(|w|, eps)`` given that of its output (as ``F.normalize``)."""
+    radial = (d_hat * w_hat).sum(dim=1, keepdim=True)
+    radial = torch.where(norms > _EPS, radial, torch.zeros_like(radial))
+    return (d_hat - radial * w_hat) / norms
+
+
+def _rest_and_target(
+    x_hat: Tensor, weight: Tensor, target: Tensor, owned: Tensor, scale: float, chunk: int | None
+) -> tuple[Tensor, Tensor]:
+    """``(r, c)``: log-sum-exp of the non-target logits and the target cosine, per row."""
     if chunk is not None:
-        lse: Tensor = _ChunkedLogSumExp.apply(  # type: ignore[no-untyped-call]
-            scaled, weight, t, target, owned, chunk
+        rest, cosine = _ChunkedRestAndTarget.apply(  # type: ignore[no-untyped-call]
+            x_hat, weight, target, owned, scale, chunk
         )
-        return lse
-    acc = _accumulation_dtype(scaled.dtype)
-    logits = (scaled @ F.normalize(weight, dim=1, eps=_EPS).T).to(acc)
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    col = target.clamp(0, weight.shape[0] - 1)
-    logits = logits.index_put((rows, col), torch.where(owned, t.to(acc), logits[rows, col]))
-    return torch.logsumexp(logits, dim=1).to(scaled.dtype)
+        return rest, cosine
+    acc = _accumulation_dtype(x_hat.dtype)
+    cos = (x_hat @ F.normalize(weight, dim=1, eps=_EPS).T).to(acc)
+    rows = torch.arange(cos.shape[0], device=cos.device)
+    cosine = cos[rows, target]
+    minus_inf = torch.full_like(cosine, -math.inf)
+    logits = (cos * scale).index_put((rows, target), torch.where(owned, minus_inf, cosine * scale))
+    return torch.logsumexp(logits, dim=1), cosine
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,7 +525,7 @@ def partial_fc_loss(
     with :math:`K` all classes (``sample_rate=1``) or the kept set of Partial FC.
 
     **Chunks.** With ``chunk_size`` the logits exist only ``B x chunk_size`` at a time, in the
-    forward and in the backward pass (see :class:`_ChunkedLogSumExp`); the result is the same.
+    forward and in the backward pass (see :class:`_ChunkedRestAndTarget`); the result is the same.
 
     **Sampling.** With ``sample_rate < 1``, each step keeps the classes of the batch's targets
     and fills up to :func:`num_sampled_classes` centres with uniformly drawn others
@@ -663,15 +671,15 @@ def _partial_fc(
         active, position = w, local
 
     x_hat = F.normalize(x, dim=1, eps=_EPS)
-    w_target = F.normalize(w[local], dim=1, eps=_EPS)
-    cosine = (x_hat * w_target).sum(dim=1).clamp(-1, 1)
-    t = s * _combined(cosine, m)
-    lse = _local_logsumexp(x_hat * s, active, t, position, owned, chunk)
-    t_owned = torch.where(owned, t, torch.zeros_like(t))
+    rest, cosine = _rest_and_target(x_hat, active, position, owned, s, chunk)
+    t = s * _combined(cosine.clamp(-1, 1), m)
+    t = torch.where(owned, t, torch.zeros_like(t))  # the target logit lives on one rank only
     if world > 1:
-        lse = _CombineLogSumExp.apply(lse, group)  # type: ignore[no-untyped-call]
-        t_owned = _SumOverRanks.apply(t_owned, group)  # type: ignore[no-untyped-call]
-    return reduce_loss(lse - t_owned, reduction), kept
+        rest = _CombineLogSumExp.apply(rest, group)  # type: ignore[no-untyped-call]
+        t = _SumOverRanks.apply(t, group)  # type: ignore[no-untyped-call]
+    # log(e^t + e^r) - t; r = -inf (no other class) gives 0
+    loss = torch.logaddexp(rest, t) - t
+    return reduce_loss(loss, reduction).to(x.dtype), kept
 
 
 class PartialFC(nn.Module):
