@@ -522,7 +522,9 @@ def _draw(
             raise ValueError("generator must be None when negatives are given (nothing is drawn)")
     negatives = check_class_index(negatives, name, num_classes, batch_shape=(num_samples,))
     if negatives.device != device:
-        raise ValueError(f"{name} must be on the same device as input ({device})")
+        raise ValueError(
+            f"{name} must be on the same device as input ({device}), got {negatives.device}"
+        )
     return negatives
 
 
