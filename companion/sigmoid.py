@@ -48,6 +48,19 @@ def sigmoid(x: Tensor) -> Tensor:
 
     Returns:
         :math:`\sigma(x)`, same shape, dtype and device as ``x``.
+
+    Shape:
+        - x: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.sigmoid import sigmoid
+        >>> sigmoid(torch.tensor([0.0, 2.0, float("inf"), -float("inf")]))
+        tensor([0.5000, 0.8808, 1.0000, 0.0000])
+        >>> x = torch.linspace(-30.0, 30.0, 7)
+        >>> torch.allclose(sigmoid(x), torch.sigmoid(x))
+        True
     """
     check_tensor(x, "x", allow_empty=True, allow_inf=True)
     z = torch.exp(_neg_abs(x))
@@ -63,6 +76,20 @@ def sigmoid_grad(x: Tensor) -> Tensor:
 
     Args:
         x: floating tensor of any shape.
+
+    Shape:
+        - x: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.sigmoid import sigmoid, sigmoid_grad
+        >>> sigmoid_grad(torch.tensor([0.0]))
+        tensor([0.2500])
+        >>> x = torch.linspace(-5.0, 5.0, 11, requires_grad=True)
+        >>> sigmoid(x).sum().backward()
+        >>> torch.allclose(sigmoid_grad(x.detach()), x.grad)
+        True
     """
     check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return sigmoid(x) * sigmoid(-x)
@@ -75,6 +102,20 @@ def softplus(x: Tensor) -> Tensor:
 
     Args:
         x: floating tensor of any shape.
+
+    Shape:
+        - x: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.sigmoid import softplus
+        >>> softplus(torch.tensor([0.0, 100.0]))  # log 2, and no overflow: e^100 is inf
+        tensor([  0.6931, 100.0000])
+        >>> x = torch.linspace(-10.0, 10.0, 9)
+        >>> torch.allclose(softplus(x), F.softplus(x))
+        True
     """
     check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return torch.clamp(x, min=0) + torch.log1p(torch.exp(_neg_abs(x)))
@@ -89,6 +130,19 @@ def log_sigmoid(x: Tensor) -> Tensor:
 
     Args:
         x: floating tensor of any shape.
+
+    Shape:
+        - x: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.sigmoid import log_sigmoid
+        >>> x = torch.tensor([-1000.0])
+        >>> log_sigmoid(x), torch.log(torch.sigmoid(x))
+        (tensor([-1000.]), tensor([-inf]))
+        >>> torch.allclose(log_sigmoid(torch.tensor([0.0])), -torch.log(torch.tensor([2.0])))
+        True
     """
     check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return -softplus(-x)
@@ -102,6 +156,19 @@ def log1m_sigmoid(x: Tensor) -> Tensor:
 
     Args:
         x: floating tensor of any shape.
+
+    Shape:
+        - x: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.sigmoid import log1m_sigmoid, log_sigmoid
+        >>> log1m_sigmoid(torch.tensor([0.0, 100.0]))
+        tensor([  -0.6931, -100.0000])
+        >>> x = torch.linspace(-5.0, 5.0, 11)
+        >>> torch.equal(log1m_sigmoid(x), log_sigmoid(-x))
+        True
     """
     check_tensor(x, "x", allow_empty=True, allow_inf=True)
     return -softplus(x)
@@ -118,6 +185,21 @@ def logit(p: Tensor, eps: float | None = None) -> Tensor:
     Raises:
         ValueError: if ``p`` has entries outside :math:`[0, 1]` or ``eps`` is not in
             :math:`(0, 0.5)`.
+
+    Shape:
+        - p: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``p``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.sigmoid import logit, sigmoid
+        >>> logit(torch.tensor([0.5, 0.0, 1.0]))
+        tensor([0., -inf, inf])
+        >>> logit(torch.tensor([0.0, 1.0], dtype=torch.float64), eps=1e-6)
+        tensor([-13.8155,  13.8155], dtype=torch.float64)
+        >>> x = torch.tensor([-3.0, 0.5, 4.0], dtype=torch.float64)
+        >>> torch.allclose(logit(sigmoid(x)), x)
+        True
     """
     check_tensor(p, "p", allow_empty=True)
     check_in_range(p, "p", 0.0, 1.0, what="probabilities")

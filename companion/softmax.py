@@ -87,6 +87,21 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
 
     Returns:
         ``x``'s shape without ``dim`` (or with it of size 1), in ``x``'s dtype and device.
+
+    Shape:
+        - x: ``(*, C, *)``, at least one dimension, ``C >= 1`` along ``dim``.
+        - output: ``x``'s shape without ``dim``; with ``keepdim=True``, ``dim`` of size 1.
+
+    Examples:
+        >>> import torch
+        >>> from companion.softmax import logsumexp
+        >>> logsumexp(torch.tensor([100.0, 100.0]))  # 100 + log 2, though e^100 is inf
+        tensor(100.6931)
+        >>> x = torch.tensor([[1.0, 2.0, 3.0], [-5.0, 0.0, 5.0]])
+        >>> torch.allclose(logsumexp(x, dim=1), torch.logsumexp(x, dim=1))
+        True
+        >>> logsumexp(x, dim=0, keepdim=True).shape
+        torch.Size([1, 3])
     """
     x, d = _check_dim(x, dim)
     m, _, log_norm = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
@@ -108,6 +123,20 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 
     Returns:
         same shape, dtype and device as ``x``.
+
+    Shape:
+        - x: ``(*)``, at least one dimension.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.softmax import log_softmax
+        >>> x = torch.tensor([0.0, 200.0])
+        >>> log_softmax(x), torch.log(torch.softmax(x, dim=0))
+        (tensor([-200.,    0.]), tensor([-inf, 0.]))
+        >>> x = torch.tensor([[1.0, 2.0, 3.0], [-5.0, 0.0, 5.0]])
+        >>> torch.allclose(log_softmax(x, dim=1), torch.log_softmax(x, dim=1))
+        True
     """
     x, d = _check_dim(x, dim)
     _, shifted, log_norm = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
@@ -128,6 +157,21 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     Returns:
         same shape, dtype and device as ``x``; entries in :math:`[0, 1]`, summing to 1 along
         ``dim``.
+
+    Shape:
+        - x: ``(*)``, at least one dimension.
+        - output: ``(*)``, the shape of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.softmax import softmax
+        >>> softmax(torch.tensor([0.0, 0.0, 0.0, 0.0]))
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
+        >>> softmax(torch.tensor([1000.0, 1000.0]))  # shifted by the maximum: no inf / inf
+        tensor([0.5000, 0.5000])
+        >>> x = torch.tensor([[1.0, 2.0, 3.0], [-5.0, 0.0, 5.0]])
+        >>> torch.allclose(softmax(x, dim=1), torch.softmax(x, dim=1))
+        True
     """
     x, d = _check_dim(x, dim)
     _, shifted, _ = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
@@ -320,6 +364,26 @@ def cross_entropy(
         ValueError: wrong shapes, mismatched batch sizes, an empty batch, indices out of range,
             targets that are not probability vectors, negative weights, non-finite logits, a
             ``label_smoothing`` outside [0, 1], or a weighted mean whose weights are all zero.
+
+    Shape:
+        - logits: ``(B, C)``, or ``(C,)`` for one sample.
+        - target: ``(B,)`` class indices (``()`` for unbatched logits), or ``(B, C)`` class
+          probabilities (``(C,)`` for unbatched logits).
+        - weight: ``(C,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"`` (``()`` for unbatched logits).
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.softmax import cross_entropy
+        >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))  # uniform: log 4
+        tensor(1.3863)
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> w = torch.tensor([1.0, 2.0, 0.5])
+        >>> ours = cross_entropy(z, y, weight=w, label_smoothing=0.1)
+        >>> torch.allclose(ours, F.cross_entropy(z, y, weight=w, label_smoothing=0.1))
+        True
     """
     logits, target, weight, eps, is_index, unbatched = _prepare(
         logits, target, weight, label_smoothing
@@ -384,6 +448,21 @@ def cross_entropy_grad(
 
     Returns:
         a tensor of ``logits``' shape, dtype and device.
+
+    Shape:
+        - logits, target, weight: as for :func:`cross_entropy`.
+        - output: the shape of ``logits``, ``(B, C)`` or ``(C,)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.softmax import cross_entropy, cross_entropy_grad
+        >>> cross_entropy_grad(torch.zeros(1, 4), torch.tensor([1]))  # p - y, p uniform
+        tensor([[ 0.2500, -0.7500,  0.2500,  0.2500]])
+        >>> z = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], requires_grad=True)
+        >>> y = torch.tensor([0, 2])
+        >>> cross_entropy(z, y, label_smoothing=0.1).backward()
+        >>> torch.allclose(cross_entropy_grad(z.detach(), y, label_smoothing=0.1), z.grad)
+        True
     """
     logits_in = logits
     logits, target, weight, eps, is_index, unbatched = _prepare(
