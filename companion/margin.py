@@ -218,6 +218,13 @@ def multiplicative_angular_margin(cosine: Tensor, margin: float = 4) -> Tensor:
         :math:`\psi_m(\theta)`, same shape, dtype and device as ``cosine``.
 
     Reference: Liu et al., *Large-Margin Softmax Loss for Convolutional Neural Networks*, 2016.
+
+    Examples:
+        >>> import math, torch
+        >>> from companion.margin import multiplicative_angular_margin
+        >>> theta = torch.tensor([0.0, math.pi / 4, math.pi / 2], dtype=torch.float64)
+        >>> multiplicative_angular_margin(torch.cos(theta), 2)  # cos 2θ, then -cos 2θ - 2
+        tensor([ 1.0000e+00,  2.2204e-16, -1.0000e+00], dtype=torch.float64)
     """
     c = _check_cosine(cosine, "cosine")
     m = _check_multiplicative_margin(margin)
@@ -247,6 +254,13 @@ def additive_angular_margin(cosine: Tensor, margin: float = 0.5) -> Tensor:
 
     Reference: Deng et al., *ArcFace: Additive Angular Margin Loss for Deep Face Recognition*,
     2019.
+
+    Examples:
+        >>> import math, torch
+        >>> from companion.margin import additive_angular_margin
+        >>> c = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)  # 0, 90 and 180 degrees
+        >>> additive_angular_margin(c, 0.5)  # cos(θ + 0.5), and cos θ - m sin m past π - m
+        tensor([ 0.8776, -0.4794, -1.2397], dtype=torch.float64)
     """
     c = _check_cosine(cosine, "cosine")
     m = _check_additive_angular_margin(margin)
@@ -347,6 +361,20 @@ def large_margin_softmax_loss(
 
     Reference: Liu, Wen, Yu and Yang, *Large-Margin Softmax Loss for Convolutional Neural
     Networks*, ICML 2016.
+
+    Shape:
+        - logits: ``(B, C)``; target: ``(B,)`` int64 or int32; target_norm: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch, torch.nn.functional as F
+        >>> from companion.margin import large_margin_softmax_loss
+        >>> x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+        >>> y = torch.tensor([0, 1, 2, 3])
+        >>> norm = x.norm(dim=1) * w[y].norm(dim=1)
+        >>> margin_one = large_margin_softmax_loss(x @ w.T, y, norm, margin=1)
+        >>> torch.allclose(margin_one, F.cross_entropy(x @ w.T, y))  # m = 1 is plain softmax
+        True
     """
     check_tensor(logits, "logits", ndim=2)
     check_finite(logits, "logits")
@@ -392,6 +420,19 @@ def angular_softmax_loss(
 
     Reference: Liu, Wen, Yu, Li, Raj and Song, *SphereFace: Deep Hypersphere Embedding for Face
     Recognition*, CVPR 2017.
+
+    Shape:
+        - cosine: ``(B, C)``; target: ``(B,)`` int64 or int32; feature_norm: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import angular_softmax_loss
+        >>> cosine = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+        >>> y, norm = torch.tensor([0, 1]), torch.tensor([2.0, 2.0])
+        >>> angular_softmax_loss(cosine, y, norm, margin=4) > angular_softmax_loss(
+        ...     cosine, y, norm, margin=1)  # the margin makes the target harder to win
+        tensor(True)
     """
     _check_cosine(cosine, "cosine", ndim=2)
     check_reduction(reduction)
@@ -432,6 +473,19 @@ def additive_margin_softmax_loss(
 
     References: Wang, Cheng, Liu and Liu, *Additive Margin Softmax for Face Verification*, IEEE
     Signal Processing Letters 2018; Wang et al., *CosFace*, CVPR 2018.
+
+    Shape:
+        - cosine: ``(B, C)``; target: ``(B,)`` int64 or int32.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch, torch.nn.functional as F
+        >>> from companion.margin import additive_margin_softmax_loss
+        >>> cosine, y = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1])
+        >>> shifted = cosine - 0.35 * F.one_hot(y, 2)  # the margin on the target column only
+        >>> torch.allclose(additive_margin_softmax_loss(cosine, y, 0.35, 30.0),
+        ...                F.cross_entropy(30.0 * shifted, y))
+        True
     """
     _check_cosine(cosine, "cosine", ndim=2)
     check_reduction(reduction)
@@ -463,6 +517,18 @@ def additive_angular_margin_loss(
 
     Reference: Deng, Guo, Xue and Zafeiriou, *ArcFace: Additive Angular Margin Loss for Deep Face
     Recognition*, CVPR 2019.
+
+    Shape:
+        - cosine: ``(B, C)``; target: ``(B,)`` int64 or int32.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch, torch.nn.functional as F
+        >>> from companion.margin import additive_angular_margin_loss
+        >>> cosine, y = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1])
+        >>> no_margin = additive_angular_margin_loss(cosine, y, margin=0.0, scale=64.0)
+        >>> torch.allclose(no_margin, F.cross_entropy(64.0 * cosine, y))
+        True
     """
     _check_cosine(cosine, "cosine", ndim=2)
     check_reduction(reduction)
@@ -493,9 +559,17 @@ class LambdaSchedule:
 
     Two presets: :data:`SPHEREFACE_SCHEDULE` (base 1000, gamma 0.12, power 1, lambda_min 5) and
     :data:`LSOFTMAX_SCHEDULE` (base 1000, gamma 2.5e-5, power 35, lambda_min 0, from the
-    L-Softmax MNIST model). A constant :math:`\lambda` is ``LambdaSchedule(base=lam, gamma=0)``.
+    L-Softmax MNIST model). A constant :math:`\lambda` is
+    ``LambdaSchedule(base=lam, gamma=0, lambda_min=0)``.
     (The Caffe layers increment their counter *before* computing :math:`\lambda`, so their first
     batch uses :math:`t = 1`; here the first batch uses :math:`t = 0`.)
+
+    Examples:
+        >>> from companion.margin import SPHEREFACE_SCHEDULE, LambdaSchedule
+        >>> SPHEREFACE_SCHEDULE(0), round(SPHEREFACE_SCHEDULE(100), 4), SPHEREFACE_SCHEDULE(10_000)
+        (1000.0, 76.9231, 5.0)
+        >>> LambdaSchedule(base=2.0, gamma=0.0, lambda_min=0.0)(123)  # a constant lambda
+        2.0
     """
 
     base: float = 1000.0
@@ -534,7 +608,17 @@ LSOFTMAX_SCHEDULE = LambdaSchedule(base=1000.0, gamma=2.5e-5, power=35.0, lambda
 
 class MarginHead(nn.Module):
     """The base of every head: the class weights ``weight`` of shape ``(num_classes, in_features)``
-    (initialised Xavier-uniform), the input checks and the reduction."""
+    (initialised Xavier-uniform), the input checks and the reduction.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import ArcFaceLoss, MarginHead
+        >>> head = ArcFaceLoss(16, 10)
+        >>> isinstance(head, MarginHead), tuple(head.weight.shape)
+        (True, (10, 16))
+        >>> head.cosine(torch.randn(4, 16)).shape  # cosines to every class weight
+        torch.Size([4, 10])
+    """
 
     weight: nn.Parameter
 
@@ -597,6 +681,20 @@ class ScheduledMarginHead(MarginHead):
     is one training iteration (the counter ``iteration`` is a buffer, so it is saved in
     ``state_dict`` and read without a host sync). ``schedule=None`` is the pure margin
     (:math:`\lambda = 0`) from the first step.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import ASoftmaxLoss
+        >>> head = ASoftmaxLoss(16, 10)  # SphereFace's schedule: lambda starts at 1000
+        >>> x, y = torch.randn(8, 16), torch.randint(10, (8,))
+        >>> for _ in range(100):
+        ...     _ = head(x, y)  # each training forward pass is one iteration
+        >>> int(head.iteration), round(head.lambda_, 2)
+        (100, 76.92)
+        >>> with torch.no_grad():
+        ...     _ = head(x, y)  # evaluation does not advance it
+        >>> int(head.iteration)
+        100
     """
 
     iteration: Tensor
@@ -754,7 +852,16 @@ class ASoftmaxLoss(ScheduledMarginHead):
 
 class CosineMarginHead(MarginHead):
     r"""The base of :class:`AMSoftmaxLoss` and :class:`ArcFaceLoss`: normalised features and class
-    weights, logits :math:`s\cos\theta_j`."""
+    weights, logits :math:`s\cos\theta_j`.
+
+    Examples:
+        >>> import torch
+        >>> from companion.margin import AMSoftmaxLoss
+        >>> head = AMSoftmaxLoss(16, 10, scale=30.0)
+        >>> logits = head.logits(torch.randn(4, 16))  # s cos(theta), for inference
+        >>> bool(logits.abs().max() <= 30.0)
+        True
+    """
 
     def __init__(
         self,

@@ -75,6 +75,7 @@ __all__ = [
 #: The distances the loss understands.
 DISTANCES: tuple[str, ...] = ("cosine", "l2", "kl")
 
+
 def _check_distance(distance: str) -> str:
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -110,6 +111,16 @@ def pairwise_distance(u: Tensor, v: Tensor, distance: str = "cosine") -> Tensor:
     ``"cosine"`` is :math:`1 - \cos`, ``"l2"`` the squared Euclidean distance, ``"kl"`` the
     symmetrised KL divergence between the softmax distributions of the two vectors. No norm
     constraint is applied here. Returns a tensor of the broadcast shape without the last dimension.
+
+    Shape:
+        - u, v: ``(..., D)``, broadcastable; output: the broadcast shape without ``D``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.minmax import pairwise_distance
+        >>> u, v = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+        >>> pairwise_distance(u, v, "cosine"), pairwise_distance(u, v, "l2")
+        (tensor([1.]), tensor([5.]))
     """
     _check_distance(distance)
     check_tensor(u, "u")
@@ -192,6 +203,13 @@ def class_separation(
 
     Returns:
         A 0-d tensor.
+
+    Examples:
+        >>> import torch
+        >>> from companion.minmax import class_separation
+        >>> opposite = torch.tensor([[1.0, 0.0], [-3.0, 0.0]])  # rescaled to norm 1 first
+        >>> class_separation(opposite, "cosine"), class_separation(opposite, "l2")
+        (tensor(2.), tensor(4.))
     """
     _check_distance(distance)
     _check_options(radius, temperature)
@@ -262,8 +280,21 @@ def min_max_loss(
         temperature: ``None`` averages the push distances; a positive :math:`\tau` takes their
             soft minimum instead, weighting the closest pairs most.
 
+    Shape:
+        - features: ``(N, D)``; class_embeddings: ``(K, D)``; target: ``(N,)`` int64 or int32;
+          negatives: ``(N,)`` or ``(N, M)``.
+        - output: scalar, or ``(N,)`` with ``reduction="none"``.
+
     Raises:
         TypeError, ValueError: on malformed input, with the argument's name.
+
+    Examples:
+        >>> import torch
+        >>> from companion.minmax import min_max_loss
+        >>> classes = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+        >>> on_their_class = torch.tensor([[2.0, 0.0], [-0.5, 0.0]])
+        >>> min_max_loss(on_their_class, classes, torch.tensor([0, 1]))  # pull 0, push -2
+        tensor(-2.)
     """
     check_reduction(reduction)
     _check_distance(distance)
@@ -314,10 +345,19 @@ def sample_other_classes(
 
     Returns:
         A long tensor of shape ``(N, M)`` on the target's device.
+
+    Examples:
+        >>> import torch
+        >>> from companion.minmax import sample_other_classes
+        >>> target = torch.tensor([0, 1, 2, 2])
+        >>> g = torch.Generator().manual_seed(0)
+        >>> negatives = sample_other_classes(target, 3, 5, generator=g)
+        >>> negatives.shape, bool((negatives != target[:, None]).all())
+        (torch.Size([4, 5]), True)
     """
     check_int(num_classes, "num_classes", minimum=2)
     check_int(num_negatives, "num_negatives", minimum=1)
-    check_class_index(target, "target", num_classes)
+    target = check_class_index(target, "target", num_classes)
     if target.dim() != 1:
         raise ValueError(f"target must have shape (N,), got {tuple(target.shape)}")
     r = torch.randint(
@@ -346,6 +386,14 @@ def partially_tagged_clusters(
     Returns:
         ``(x, tag, cluster)``: ``x`` of shape ``(3 n, 2)`` in float32, the observed tags (long,
         0 or 1) and the true cluster of each sample (long, 0, 1 or 2), in cluster order.
+
+    Examples:
+        >>> import torch
+        >>> from companion.minmax import partially_tagged_clusters
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, tag, cluster = partially_tagged_clusters(4, generator=g)
+        >>> x.shape, cluster.tolist()
+        (torch.Size([12, 2]), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
     """
     check_int(n_per_cluster, "n_per_cluster", minimum=1)
     check_positive(distance, "distance")
@@ -379,6 +427,20 @@ class LabelEmbeddingClassifier(nn.Module):
         radius: the norm of the class embeddings.
         separation_weight: :math:`\lambda` of :func:`min_max_loss`.
         temperature: the push term's soft-minimum temperature, or ``None`` for the mean.
+        device, dtype: of the default encoder and of the class embeddings.
+
+    Shape:
+        - x: ``(N, in_features)``; forward returns the features ``(N, embedding_dim)``;
+          :meth:`scores` and :meth:`predict_labels` return ``(N, num_classes)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.minmax import LabelEmbeddingClassifier
+        >>> model = LabelEmbeddingClassifier(8, 3, 4)
+        >>> x, target = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
+        >>> model.loss(x, target).backward()  # train with the Min-Max loss
+        >>> model.scores(x).shape, model.predict_labels(x).dtype
+        (torch.Size([5, 3]), torch.bool)
     """
 
     def __init__(
