@@ -2,16 +2,237 @@
 
 One module per topic, each with a functional core in the style of ``torch.nn.functional``
 (``something_loss(input, target, ..., reduction="mean")``) and, where a loss owns parameters,
-a ``torch.nn.Module`` that calls the function. Import the module you need::
+a ``torch.nn.Module`` that calls the function. Every public loss is also importable from the
+package itself::
 
-    from companion.sigmoid import log_sigmoid, softplus
+    import companion as cp
 
-Shared helpers: :mod:`companion.data` (seeding and data generators), :mod:`companion.plot`
-(the book's figure style) and :mod:`companion.train` (a small training loop).
+    head = cp.ArcFaceLoss(512, 10_000)
+    loss = cp.clip_loss(image_features, text_features, logit_scale.exp())
+
+Checks that read tensor values (NaN, infinities, target ranges) can be turned off in a hot
+training loop with :func:`set_value_checks` / :func:`value_checks`; then a forward and backward
+pass of a production loss makes no host sync and compiles with ``torch.compile(fullgraph=True)``.
+
+Shared helpers, not re-exported here (they are for the book): :mod:`companion.data` (seeding and
+data generators), :mod:`companion.plot` (the book's figure style, needs matplotlib) and
+:mod:`companion.train` (a small training loop).
+
+Examples:
+    >>> import torch, companion as cp
+    >>> logits, target = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    >>> with cp.value_checks(False):  # as in a training loop: no host sync
+    ...     loss = cp.cross_entropy(logits, target)
+    >>> round(loss.item(), 4)
+    0.1698
 """
 
 from companion._validate import set_value_checks, value_checks, value_checks_enabled
+from companion.contrastive import (
+    ClipLoss,
+    clip_loss,
+    contrastive_loss,
+    info_nce_loss,
+    paired_views,
+    retrieval_accuracy,
+    soft_target_clip_loss,
+    supervised_contrastive_loss,
+    triplet_loss,
+)
+from companion.invented import (
+    dot_product_loss,
+    exponent_threshold,
+    inverse_loss,
+    inverse_power_loss,
+    target_log_prob,
+)
+from companion.logistic import (
+    LogisticRegression,
+    add_intercept,
+    logistic_gradient,
+    logistic_loss,
+)
+from companion.margin import (
+    LSOFTMAX_SCHEDULE,
+    SPHEREFACE_SCHEDULE,
+    AMSoftmaxLoss,
+    ArcFaceLoss,
+    ASoftmaxLoss,
+    CosineMarginHead,
+    LambdaSchedule,
+    LSoftmaxLoss,
+    MarginHead,
+    ScheduledMarginHead,
+    additive_angular_margin,
+    additive_angular_margin_loss,
+    additive_margin_softmax_loss,
+    angular_softmax_loss,
+    large_margin_softmax_loss,
+    multiplicative_angular_margin,
+)
+from companion.minmax import (
+    DISTANCES,
+    LabelEmbeddingClassifier,
+    class_separation,
+    min_max_loss,
+    pairwise_distance,
+    partially_tagged_clusters,
+    sample_other_classes,
+)
+from companion.multilabel import (
+    binary_cross_entropy_with_logits,
+    hamming_loss,
+    multilabel_soft_margin_loss,
+    per_label_f1,
+    predict_labels,
+    subset_accuracy,
+)
+from companion.nce import (
+    CandidateSampler,
+    LogUniformSampler,
+    UniformSampler,
+    UnigramSampler,
+    full_softmax_loss,
+    nce_loss,
+    negative_sampling_loss,
+    sampled_softmax_loss,
+)
+from companion.partial_fc import (
+    PartialFC,
+    combined_margin,
+    num_sampled_classes,
+    partial_fc_loss,
+    sample_classes,
+    shard_range,
+)
+from companion.siglip import (
+    SigLipLoss,
+    siglip_loss,
+)
+from companion.sigmoid import (
+    log1m_sigmoid,
+    log_sigmoid,
+    logit,
+    sigmoid,
+    sigmoid_grad,
+    softplus,
+)
+from companion.softmax import (
+    cross_entropy,
+    cross_entropy_grad,
+    log_softmax,
+    logsumexp,
+    softmax,
+)
+from companion.zoo import (
+    WEIGHTED_REDUCTIONS,
+    MultiTaskLoss,
+    absolute_difference,
+    binary_hinge_loss,
+    cosine_distance,
+    huber_loss,
+    ink_width,
+    l2_regularization,
+    log_loss,
+    mean_pairwise_squared_error,
+    mse_loss,
+    multiclass_hinge_loss,
+    squared_hinge_loss,
+    weighted_loss,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["set_value_checks", "value_checks", "value_checks_enabled"]
+__all__ = [
+    "DISTANCES",
+    "LSOFTMAX_SCHEDULE",
+    "SPHEREFACE_SCHEDULE",
+    "WEIGHTED_REDUCTIONS",
+    "AMSoftmaxLoss",
+    "ASoftmaxLoss",
+    "ArcFaceLoss",
+    "CandidateSampler",
+    "ClipLoss",
+    "CosineMarginHead",
+    "LSoftmaxLoss",
+    "LabelEmbeddingClassifier",
+    "LambdaSchedule",
+    "LogUniformSampler",
+    "LogisticRegression",
+    "MarginHead",
+    "MultiTaskLoss",
+    "PartialFC",
+    "ScheduledMarginHead",
+    "SigLipLoss",
+    "UniformSampler",
+    "UnigramSampler",
+    "absolute_difference",
+    "add_intercept",
+    "additive_angular_margin",
+    "additive_angular_margin_loss",
+    "additive_margin_softmax_loss",
+    "angular_softmax_loss",
+    "binary_cross_entropy_with_logits",
+    "binary_hinge_loss",
+    "class_separation",
+    "clip_loss",
+    "combined_margin",
+    "contrastive_loss",
+    "cosine_distance",
+    "cross_entropy",
+    "cross_entropy_grad",
+    "dot_product_loss",
+    "exponent_threshold",
+    "full_softmax_loss",
+    "hamming_loss",
+    "huber_loss",
+    "info_nce_loss",
+    "ink_width",
+    "inverse_loss",
+    "inverse_power_loss",
+    "l2_regularization",
+    "large_margin_softmax_loss",
+    "log1m_sigmoid",
+    "log_loss",
+    "log_sigmoid",
+    "log_softmax",
+    "logistic_gradient",
+    "logistic_loss",
+    "logit",
+    "logsumexp",
+    "mean_pairwise_squared_error",
+    "min_max_loss",
+    "mse_loss",
+    "multiclass_hinge_loss",
+    "multilabel_soft_margin_loss",
+    "multiplicative_angular_margin",
+    "nce_loss",
+    "negative_sampling_loss",
+    "num_sampled_classes",
+    "paired_views",
+    "pairwise_distance",
+    "partial_fc_loss",
+    "partially_tagged_clusters",
+    "per_label_f1",
+    "predict_labels",
+    "retrieval_accuracy",
+    "sample_classes",
+    "sample_other_classes",
+    "sampled_softmax_loss",
+    "set_value_checks",
+    "shard_range",
+    "siglip_loss",
+    "sigmoid",
+    "sigmoid_grad",
+    "soft_target_clip_loss",
+    "softmax",
+    "softplus",
+    "squared_hinge_loss",
+    "subset_accuracy",
+    "supervised_contrastive_loss",
+    "target_log_prob",
+    "triplet_loss",
+    "value_checks",
+    "value_checks_enabled",
+    "weighted_loss",
+]

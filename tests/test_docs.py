@@ -54,3 +54,31 @@ def test_doctests_run(name: str) -> None:
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     result = doctest.testmod(module, optionflags=flags, verbose=False, report=True)
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctests failed in {name}"
+
+
+LOSS_MODULES = [
+    "sigmoid", "logistic", "softmax", "multilabel", "zoo", "invented", "nce", "contrastive",
+    "margin", "minmax", "partial_fc", "siglip",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", LOSS_MODULES)
+def test_public_names_are_reexported_at_the_top(name: str) -> None:
+    """``import companion as cp; cp.ArcFaceLoss(...)``: every module's public names."""
+    module = _module(name)
+    missing = [n for n in module.__all__ if getattr(companion, n, None) is not getattr(module, n)]
+    assert not missing, f"companion.{name} names not re-exported by companion: {missing}"
+    assert set(module.__all__) <= set(companion.__all__)
+
+
+def test_the_package_imports_without_book_dependencies() -> None:
+    """``import companion`` loads neither matplotlib nor scikit-learn (the wheel needs neither)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, companion; "
+        "bad = [m for m in ('matplotlib', 'sklearn') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
