@@ -75,6 +75,21 @@ def logistic_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Te
         TypeError: if an argument is not a floating tensor, or the dtypes differ.
         ValueError: on an empty input, differing shapes, a target outside :math:`[0, 1]`, NaN,
             or an unknown ``reduction``.
+
+    Shape:
+        - logits: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``logits``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.logistic import logistic_loss
+        >>> logistic_loss(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]))  # log 2
+        tensor(0.6931)
+        >>> z, y = torch.tensor([-2.0, 0.5, 3.0]), torch.tensor([0.0, 1.0, 0.3])
+        >>> torch.allclose(logistic_loss(z, y), F.binary_cross_entropy_with_logits(z, y))
+        True
     """
     check_reduction(reduction)
     check_tensor(logits, "logits")
@@ -98,6 +113,17 @@ def add_intercept(x: Tensor) -> Tensor:
 
     Args:
         x: floating tensor of shape ``(N, d)``.
+
+    Shape:
+        - x: ``(N, d)``.
+        - output: ``(N, d + 1)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.logistic import add_intercept
+        >>> add_intercept(torch.tensor([[2.0, 3.0], [4.0, 5.0]]))
+        tensor([[1., 2., 3.],
+                [1., 4., 5.]])
     """
     check_tensor(x, "x", ndim=2)
     return torch.cat([torch.ones_like(x[:, :1]), x], dim=1)
@@ -147,6 +173,22 @@ def logistic_gradient(X: Tensor, y: Tensor, theta: Tensor) -> Tensor:
 
     Returns:
         Tensor of shape ``(d,)``.
+
+    Shape:
+        - X: ``(N, d)``; y: ``(N,)``; theta: ``(d,)``.
+        - output: ``(d,)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.logistic import logistic_gradient, logistic_loss
+        >>> X = torch.tensor([[1.0, 2.0], [1.0, -1.0], [1.0, 0.5]], dtype=torch.float64)
+        >>> y = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+        >>> logistic_gradient(X, y, torch.zeros(2, dtype=torch.float64))  # X^T (1/2 - y) / N
+        tensor([-0.1667, -0.5833], dtype=torch.float64)
+        >>> theta = torch.tensor([0.1, -0.3], dtype=torch.float64, requires_grad=True)
+        >>> logistic_loss(X @ theta, y).backward()
+        >>> torch.allclose(logistic_gradient(X, y, theta.detach()), theta.grad)
+        True
     """
     _check_design(X, y)
     check_tensor(theta, "theta", ndim=1)
@@ -199,6 +241,21 @@ class LogisticRegression:
         accelerate: Nesterov momentum with adaptive restart instead of plain descent.
         max_iter: the most gradient steps.
         tol: stop when the largest absolute entry of the gradient is at most this.
+
+    Shape:
+        - X: ``(N, d)``; y: ``(N,)``.
+        - output: :meth:`decision_function` and :meth:`predict` ``(N,)``, :meth:`predict_proba`
+          ``(N, 2)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.logistic import LogisticRegression
+        >>> X = torch.tensor([[-2.0], [-1.0], [0.0], [1.0], [2.0]], dtype=torch.float64)
+        >>> model = LogisticRegression(C=1.0).fit(X, torch.tensor([0, 0, 1, 0, 1]))
+        >>> model.converged_, model.predict(X)
+        (True, tensor([0., 0., 0., 1., 1.], dtype=torch.float64))
+        >>> model.predict_proba(X).sum(dim=1)
+        tensor([1., 1., 1., 1., 1.], dtype=torch.float64)
     """
 
     def __init__(

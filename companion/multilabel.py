@@ -132,6 +132,24 @@ def binary_cross_entropy_with_logits(
         ValueError: on an empty input, a batch-size or shape mismatch, a target outside
             :math:`[0, 1]`, NaN or infinite logits, negative or non-broadcastable weights, or an
             unknown ``reduction``.
+
+    Shape:
+        - logits: ``(*)``, any non-empty shape, e.g. ``(N, C)``.
+        - target: ``(*)``, the shape of ``logits``.
+        - weight, pos_weight: broadcastable to ``(*)``; ``pos_weight`` usually ``(C,)``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.multilabel import binary_cross_entropy_with_logits
+        >>> z = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+        >>> y, pw = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), torch.tensor([1.0, 3.0, 0.5])
+        >>> ours = binary_cross_entropy_with_logits(z, y, pos_weight=pw)
+        >>> torch.allclose(ours, F.binary_cross_entropy_with_logits(z, y, pos_weight=pw))
+        True
+        >>> binary_cross_entropy_with_logits(torch.tensor([-40.0]), torch.tensor([0.0]))  # not 0
+        tensor(4.2484e-18)
     """
     check_reduction(reduction)
     _check_logits_and_target(logits, target, ndim=None)
@@ -167,6 +185,22 @@ def multilabel_soft_margin_loss(logits: Tensor, target: Tensor, reduction: str =
     Raises:
         TypeError, ValueError: as :func:`binary_cross_entropy_with_logits`; also if the inputs
             are not two-dimensional.
+
+    Shape:
+        - logits: ``(N, C)``.
+        - target: ``(N, C)``.
+        - output: scalar, or ``(N,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.multilabel import multilabel_soft_margin_loss
+        >>> y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        >>> multilabel_soft_margin_loss(torch.zeros(2, 3), y, reduction="none")  # log 2 each
+        tensor([0.6931, 0.6931])
+        >>> z = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+        >>> torch.allclose(multilabel_soft_margin_loss(z, y), F.multilabel_soft_margin_loss(z, y))
+        True
     """
     check_reduction(reduction)
     _check_logits_and_target(logits, target, ndim=2)
@@ -194,6 +228,23 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
         TypeError: if ``logits`` or ``threshold`` has the wrong type.
         ValueError: if a threshold lies outside :math:`[0, 1]`, or a per-label ``threshold``
             does not have shape ``(C,)``.
+
+    Shape:
+        - logits: ``(*, C)``.
+        - threshold: a number, or ``(C,)``.
+        - output: ``(*, C)``, bool.
+
+    Examples:
+        >>> import torch
+        >>> from companion.multilabel import predict_labels
+        >>> z = torch.tensor([[2.0, -1.0, 0.0], [-3.0, 1.0, 20.0]])
+        >>> predict_labels(z)
+        tensor([[ True, False,  True],
+                [False,  True,  True]])
+        >>> # threshold 1 predicts nothing, though sigmoid(20) rounds to 1 in float32
+        >>> predict_labels(z, threshold=torch.tensor([0.5, 0.5, 1.0]))
+        tensor([[ True, False, False],
+                [False,  True, False]])
     """
     check_tensor(logits, "logits", allow_empty=True, allow_inf=True)
     work = compute_dtype(logits.dtype)
@@ -254,6 +305,18 @@ def subset_accuracy(predicted: Tensor, target: Tensor) -> float:
 
     Args:
         predicted, target: ``(N, C)`` tensors of hard labels (bool, or 0/1 numbers).
+
+    Shape:
+        - predicted, target: ``(N, C)``.
+        - output: a Python float.
+
+    Examples:
+        >>> import torch
+        >>> from companion.multilabel import subset_accuracy
+        >>> predicted = torch.tensor([[1, 0, 1], [0, 1, 0]])
+        >>> target = torch.tensor([[1, 0, 0], [0, 1, 0]])
+        >>> subset_accuracy(predicted, target)  # the first sample has a wrong label
+        0.5
     """
     pred, true = _check_label_pair(predicted, target)
     return float((pred == true).all(dim=1).double().mean())
@@ -269,6 +332,18 @@ def hamming_loss(predicted: Tensor, target: Tensor) -> float:
 
     Args:
         predicted, target: ``(N, C)`` tensors of hard labels (bool, or 0/1 numbers).
+
+    Shape:
+        - predicted, target: ``(N, C)``.
+        - output: a Python float.
+
+    Examples:
+        >>> import torch
+        >>> from companion.multilabel import hamming_loss
+        >>> predicted = torch.tensor([[1, 0, 1], [0, 1, 0]])
+        >>> target = torch.tensor([[1, 0, 0], [0, 1, 0]])
+        >>> hamming_loss(predicted, target)  # 1 wrong label of 6
+        0.16666666666666666
     """
     pred, true = _check_label_pair(predicted, target)
     return float((pred != true).double().mean())
@@ -288,6 +363,18 @@ def per_label_f1(predicted: Tensor, target: Tensor, zero_division: float = 0.0) 
 
     Returns:
         float64 tensor of shape ``(C,)``.
+
+    Shape:
+        - predicted, target: ``(N, C)``.
+        - output: ``(C,)``, float64.
+
+    Examples:
+        >>> import torch
+        >>> from companion.multilabel import per_label_f1
+        >>> predicted = torch.tensor([[1, 0, 1], [0, 1, 0]])
+        >>> target = torch.tensor([[1, 0, 0], [0, 1, 0]])
+        >>> per_label_f1(predicted, target)
+        tensor([1., 1., 0.], dtype=torch.float64)
     """
     pred, true = _check_label_pair(predicted, target)
     if not 0.0 <= float(zero_division) <= 1.0:
