@@ -14,6 +14,9 @@ Checks that read tensor values (NaN, infinities, target ranges) can be turned of
 training loop with :func:`set_value_checks` / :func:`value_checks`; then a forward and backward
 pass of a production loss makes no host sync and compiles with ``torch.compile(fullgraph=True)``.
 
+The functions :func:`companion.sigmoid.sigmoid` and :func:`companion.softmax.softmax` are not
+re-exported: their names belong to their modules (``companion.sigmoid``, ``companion.softmax``).
+
 Shared helpers, not re-exported here (they are for the book): :mod:`companion.data` (seeding and
 data generators), :mod:`companion.plot` (the book's figure style, needs matplotlib) and
 :mod:`companion.train` (a small training loop).
@@ -113,7 +116,6 @@ from companion.sigmoid import (
     log1m_sigmoid,
     log_sigmoid,
     logit,
-    sigmoid,
     sigmoid_grad,
     softplus,
 )
@@ -122,7 +124,6 @@ from companion.softmax import (
     cross_entropy_grad,
     log_softmax,
     logsumexp,
-    softmax,
 )
 from companion.zoo import (
     WEIGHTED_REDUCTIONS,
@@ -222,10 +223,8 @@ __all__ = [
     "set_value_checks",
     "shard_range",
     "siglip_loss",
-    "sigmoid",
     "sigmoid_grad",
     "soft_target_clip_loss",
-    "softmax",
     "softplus",
     "squared_hinge_loss",
     "subset_accuracy",

@@ -321,11 +321,16 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """Require a string option to be one of ``choices`` (a distance, a reduction, a kind)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 def check_reduction(reduction: object) -> Reduction:
     """Require one of ``"none"``, ``"mean"``, ``"sum"``."""
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return cast(Reduction, reduction)
+    return cast(Reduction, check_choice(reduction, "reduction", REDUCTIONS))
 
 
 def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> Tensor:

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from companion._numerics import normalize
 from companion._validate import (
     check_batch_size,
+    check_choice,
     check_class_index,
     check_finite,
     check_int,
@@ -76,10 +77,8 @@ __all__ = [
 DISTANCES: tuple[str, ...] = ("cosine", "l2", "kl")
 
 
-def _check_distance(distance: str) -> str:
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    return distance
+def _check_distance(distance: object) -> str:
+    return check_choice(distance, "distance", DISTANCES)
 
 
 def _check_options(radius: float, temperature: float | None) -> None:
