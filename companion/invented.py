@@ -86,6 +86,12 @@ def exponent_threshold(dtype: torch.dtype) -> float:
     Half the natural log of the largest finite number of ``dtype``: 44.36 for float32 and
     bfloat16, 354.89 for float64. Then :math:`e^{t_{\max}}` is the square root of that number,
     so a whole batch of losses (and their gradients) can be summed without overflow.
+
+    Examples:
+        >>> import torch
+        >>> from companion.invented import exponent_threshold
+        >>> round(exponent_threshold(torch.float32), 2), round(exponent_threshold(torch.float64), 2)
+        (44.36, 354.89)
     """
     return 0.5 * math.log(torch.finfo(dtype).max)
 
@@ -111,6 +117,18 @@ def target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
     Returns:
         ``(B,)`` tensor of :math:`\log p_y \le 0`, from ``log_softmax`` (finite for finite
         logits; its gradient is :math:`e_y - p`).
+
+    Shape:
+        - logits: ``(B, C)``.
+        - target: ``(B,)``.
+        - output: ``(B,)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.invented import target_log_prob
+        >>> logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+        >>> target_log_prob(logits, torch.tensor([0, 1]))  # log(1/2), -log(1 + e^2)
+        tensor([-0.6931, -2.1269])
     """
     _check_inputs(logits, target, "none")
     return _target_log_prob(logits, target)
@@ -138,6 +156,20 @@ def dot_product_loss(logits: Tensor, target: Tensor, reduction: str = "mean") ->
 
     Returns:
         The loss, in the dtype and on the device of ``logits``.
+
+    Shape:
+        - logits: ``(B, C)``.
+        - target: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.invented import dot_product_loss
+        >>> dot_product_loss(torch.zeros(2, 4), torch.tensor([1, 3]), reduction="none")  # -1/4
+        tensor([-0.2500, -0.2500])
+        >>> z, y = torch.tensor([[2.0, 0.5, -1.0]]), torch.tensor([0])
+        >>> torch.allclose(dot_product_loss(z, y), -torch.softmax(z, dim=1)[0, 0])
+        True
     """
     _check_inputs(logits, target, reduction)
     loss = -torch.exp(_target_log_prob(logits, target))
@@ -161,6 +193,20 @@ def inverse_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Ten
         logits: ``(B, C)`` floating tensor (float32, float64 or bfloat16), finite.
         target: ``(B,)`` integer class indices in ``[0, C)``, on the same device.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - logits: ``(B, C)``.
+        - target: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.invented import inverse_loss
+        >>> inverse_loss(torch.zeros(2, 4), torch.tensor([1, 3]), reduction="none")  # 1 / (1/4)
+        tensor([4., 4.])
+        >>> far_off = inverse_loss(torch.tensor([[0.0, 100.0]]), torch.tensor([0]))  # e^100
+        >>> torch.isfinite(far_off)  # continued linearly above exponent_threshold
+        tensor(True)
     """
     _check_inputs(logits, target, reduction)
     nll = -_target_log_prob(logits, target)
@@ -199,6 +245,21 @@ def inverse_power_loss(
         target: ``(B,)`` integer class indices in ``[0, C)``, on the same device.
         alpha: any finite real number; 0.2 is the value tried in the source this comes from.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - logits: ``(B, C)``.
+        - target: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.invented import inverse_power_loss
+        >>> z, y = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]), torch.tensor([0, 2])
+        >>> torch.allclose(inverse_power_loss(z, y, alpha=0.0), F.cross_entropy(z, y))
+        True
+        >>> inverse_power_loss(torch.zeros(1, 4), torch.tensor([0]), alpha=-1.0)  # 1 - p_y
+        tensor(0.7500)
     """
     a = _check_alpha(alpha)
     _check_inputs(logits, target, reduction)

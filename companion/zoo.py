@@ -140,6 +140,21 @@ def multiclass_hinge_loss(
         target: class indices (``torch.long``) of shape ``(B,)``.
         margin: :math:`\Delta \ge 0`.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` over the batch, or ``"sum"``.
+
+    Shape:
+        - input: ``(B, C)``.
+        - target: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import multiclass_hinge_loss
+        >>> s, y = torch.tensor([[3.0, 2.5, 0.0], [1.0, 2.0, 1.5]]), torch.tensor([0, 0])
+        >>> multiclass_hinge_loss(s, y, reduction="none")  # 0.5 + 0, then 2 + 1.5
+        tensor([0.5000, 3.5000])
+        >>> torch.allclose(multiclass_hinge_loss(s, y), 3 * F.multi_margin_loss(s, y))
+        True
     """
     check_reduction(reduction)
     x, y = _check_scores(input, target)
@@ -166,6 +181,21 @@ def squared_hinge_loss(
         target: class indices (``torch.long``) of shape ``(B,)``.
         margin: :math:`\Delta \ge 0`.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` over the batch, or ``"sum"``.
+
+    Shape:
+        - input: ``(B, C)``.
+        - target: ``(B,)``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import squared_hinge_loss
+        >>> s, y = torch.tensor([[3.0, 2.5, 0.0], [1.0, 2.0, 1.5]]), torch.tensor([0, 0])
+        >>> squared_hinge_loss(s, y, reduction="none")  # 0.5^2, then 2^2 + 1.5^2
+        tensor([0.2500, 6.2500])
+        >>> torch.allclose(squared_hinge_loss(s, y), 3 * F.multi_margin_loss(s, y, p=2))
+        True
     """
     check_reduction(reduction)
     x, y = _check_scores(input, target)
@@ -192,6 +222,18 @@ def binary_hinge_loss(
         target: labels of the same shape, dtype and device, each exactly 0.0 or 1.0.
         margin: :math:`\Delta \ge 0`.
         reduction: ``"none"`` (same shape as ``input``), ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - input: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``input``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.zoo import binary_hinge_loss
+        >>> z, y = torch.tensor([2.0, 0.5, -1.0, 0.5]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+        >>> binary_hinge_loss(z, y, reduction="none")  # max(0, 1 - (2y - 1) z)
+        tensor([0.0000, 0.5000, 0.0000, 1.5000])
     """
     check_reduction(reduction)
     x, y = _check_pair(input, target)
@@ -219,6 +261,21 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         input: predictions of any non-empty shape.
         target: same shape, dtype and device.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - input: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``input``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import mse_loss
+        >>> x, y = torch.tensor([[0.0, 2.0], [5.0, 1.0]]), torch.zeros(2, 2)
+        >>> mse_loss(x, y)  # (0 + 4 + 25 + 1) / 4
+        tensor(7.5000)
+        >>> torch.allclose(mse_loss(x, y, reduction="sum"), F.mse_loss(x, y, reduction="sum"))
+        True
     """
     check_reduction(reduction)
     x, y = _check_pair(input, target)
@@ -235,6 +292,21 @@ def absolute_difference(input: Tensor, target: Tensor, reduction: str = "mean") 
         input: predictions of any non-empty shape.
         target: same shape, dtype and device.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - input: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``input``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import absolute_difference
+        >>> x, y = torch.tensor([[0.0, -2.0], [5.0, 1.0]]), torch.zeros(2, 2)
+        >>> absolute_difference(x, y)  # (0 + 2 + 5 + 1) / 4
+        tensor(2.)
+        >>> torch.allclose(absolute_difference(x, y), F.l1_loss(x, y))
+        True
     """
     check_reduction(reduction)
     x, y = _check_pair(input, target)
@@ -263,6 +335,21 @@ def huber_loss(
         target: same shape, dtype and device.
         delta: :math:`\delta > 0`.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - input: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``input``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import huber_loss
+        >>> x, y = torch.tensor([0.5, -2.0, 5.0]), torch.zeros(3)
+        >>> huber_loss(x, y, reduction="none")  # r^2 / 2 inside, |r| - 1/2 outside
+        tensor([0.1250, 1.5000, 4.5000])
+        >>> torch.allclose(huber_loss(x, y, delta=2.0), F.huber_loss(x, y, delta=2.0))
+        True
     """
     check_reduction(reduction)
     x, y = _check_pair(input, target)
@@ -296,6 +383,22 @@ def log_loss(input: Tensor, target: Tensor, eps: float = 1e-7, reduction: str = 
         target: labels or probabilities in :math:`[0, 1]`, same shape, dtype and device.
         eps: :math:`\epsilon > 0` (TF's default ``1e-7``).
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - input: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``input``.
+        - output: scalar, or ``(*)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import log_loss
+        >>> # -log(p + eps): a perfect prediction costs slightly less than 0
+        >>> log_loss(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 1.0]), reduction="none")
+        tensor([ 6.9315e-01, -1.1921e-07])
+        >>> p, y = torch.tensor([0.9, 0.2, 0.6]), torch.tensor([1.0, 0.0, 0.3])
+        >>> torch.allclose(log_loss(p, y), F.binary_cross_entropy(p, y), atol=1e-6)
+        True
     """
     check_reduction(reduction)
     p, y = _check_pair(input, target)
@@ -331,6 +434,22 @@ def cosine_distance(
         dim: the dimension holding the vectors.
         eps: :math:`\epsilon > 0`, the smallest norm used as a divisor.
         reduction: ``"none"`` (the shape of ``input`` without ``dim``), ``"mean"`` or ``"sum"``.
+
+    Shape:
+        - input: ``(*)`` with the vectors along ``dim``, e.g. ``(B, D)`` with ``dim=1``.
+        - target: ``(*)``, the shape of ``input``.
+        - output: scalar, or ``input``'s shape without ``dim`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.zoo import cosine_distance
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+        >>> y = torch.tensor([[0.0, 1.0], [0.0, 5.0], [1.0, 0.0]])
+        >>> cosine_distance(x, y, reduction="none")  # orthogonal, parallel, a zero vector
+        tensor([1., 0., 1.])
+        >>> torch.allclose(cosine_distance(x, y), (1 - F.cosine_similarity(x, y)).mean())
+        True
     """
     check_reduction(reduction)
     x, y = _check_pair(input, target)
@@ -373,6 +492,20 @@ def mean_pairwise_squared_error(input: Tensor, target: Tensor, reduction: str = 
         input: predictions of shape ``(B, ...)`` with at least 2 entries per sample.
         target: same shape, dtype and device.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` over the batch, or ``"sum"``.
+
+    Shape:
+        - input: ``(B, *)``, at least 2 entries per sample.
+        - target: ``(B, *)``, the shape of ``input``.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.zoo import mean_pairwise_squared_error
+        >>> x, y = torch.tensor([[0.0, 0.0, 3.0]]), torch.zeros(1, 3)
+        >>> mean_pairwise_squared_error(x, y)  # pairs: (0 + 9 + 9) / 3
+        tensor(6.)
+        >>> mean_pairwise_squared_error(x + 10.0, y)  # a common shift changes nothing
+        tensor(6.)
     """
     check_reduction(reduction)
     x, y = _check_pair(input, target)
@@ -422,6 +555,23 @@ def weighted_loss(losses: Tensor, weights: Tensor | float, reduction: str = "mea
         weights: a non-negative number or tensor (same dtype and device as ``losses``) whose
             shape matches the leading dimensions of ``losses`` (each dimension equal or 1).
         reduction: one of :data:`WEIGHTED_REDUCTIONS`.
+
+    Shape:
+        - losses: ``(B, *)``, or a scalar.
+        - weights: a number, or the leading dimensions of ``losses`` (each equal or 1), e.g.
+          ``(B,)`` or the shape of ``losses``.
+        - output: scalar, or the shape of ``losses`` with ``reduction="none"``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.zoo import weighted_loss
+        >>> losses, w = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 1.0, 0.0, 0.0])
+        >>> weighted_loss(losses, w)  # (2 + 2) / (2 + 1)
+        tensor(1.3333)
+        >>> weighted_loss(losses, w, "mean_over_elements")  # (2 + 2) / 4
+        tensor(1.)
+        >>> weighted_loss(losses, w, "mean_over_nonzero_weights")  # (2 + 2) / 2
+        tensor(2.)
     """
     if reduction not in WEIGHTED_REDUCTIONS:
         raise ValueError(f"reduction must be one of {WEIGHTED_REDUCTIONS}, got {reduction!r}")
@@ -498,6 +648,20 @@ class MultiTaskLoss(nn.Module):
         weights: fixed weights :math:`w_t \ge 0` (only without ``learned``); default all 1.
         learned: learn the weights as above; the module then owns the parameter
             :attr:`log_variance` of shape ``(T,)``, to be optimised with the network's.
+
+    Shape:
+        - losses (the argument of :meth:`forward`): a sequence of ``T`` scalar tensors.
+        - output: scalar.
+
+    Examples:
+        >>> import torch
+        >>> from companion.zoo import MultiTaskLoss
+        >>> losses = [torch.tensor(2.0), torch.tensor(4.0)]
+        >>> MultiTaskLoss(["regression", "classification"], weights=[1.0, 0.5])(losses)
+        tensor(4.)
+        >>> learned = MultiTaskLoss(["regression", "classification"], learned=True)
+        >>> learned(losses), learned.effective_weights()  # s = 0: 2 / 2 + 4
+        (tensor(5., grad_fn=<SumBackward0>), tensor([0.5000, 1.0000]))
     """
 
     log_variance: nn.Parameter | None
@@ -606,6 +770,16 @@ def l2_regularization(module_or_params: nn.Module | Iterable[Tensor]) -> Tensor:
 
     Returns:
         A scalar tensor on the parameters' device.
+
+    Examples:
+        >>> import torch
+        >>> from companion.zoo import l2_regularization
+        >>> w = torch.tensor([3.0, 4.0], requires_grad=True)
+        >>> l2_regularization([w, torch.tensor([[1.0]])])  # (9 + 16 + 1) / 2
+        tensor(13., grad_fn=<MulBackward0>)
+        >>> l2_regularization([w]).backward()
+        >>> w.grad  # the gradient is the weight itself, as weight decay adds
+        tensor([3., 4.])
     """
     params: list[Tensor]
     if isinstance(module_or_params, nn.Module):
@@ -648,6 +822,19 @@ def ink_width(images: Tensor, side: int = 8) -> Tensor:
         images: shape ``(N, side * side)`` (flattened rows) or ``(N, side, side)``, with
             non-negative intensities and some ink in every image.
         side: the image's side length in pixels.
+
+    Shape:
+        - images: ``(N, side * side)`` or ``(N, side, side)``.
+        - output: ``(N,)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.zoo import ink_width
+        >>> images = torch.zeros(2, 8, 8)
+        >>> images[0, :, 3] = 1.0  # one vertical stroke
+        >>> images[1, :, [0, 7]] = 1.0  # two strokes, 7 pixels apart
+        >>> ink_width(images)
+        tensor([0.0000, 3.5000])
     """
     check_int(side, "side", minimum=1)
     x = check_tensor(images, "images", ndim=(2, 3))
