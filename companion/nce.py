@@ -360,94 +360,118 @@ def _negative_logits_into(
         out.masked_fill_(hits, torch.finfo(out.dtype).min)
 
 
-def _negative_logits(
-    input: Tensor, neg_weight: Tensor, neg_shift: Tensor | None, hits: Tensor | None
-) -> Tensor:
-    """The same (B, S) logits, out of place, for a differentiable backward pass."""
-    if neg_shift is None:
-        logits = input @ neg_weight.T
+def _logits(
+    input: Tensor, rows: Tensor, shift: Tensor | None, hits: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The target logits (B,) and negative logits (B, S), out of place and differentiable."""
+    batch = input.shape[0]
+    true_logits = (input * rows[:batch]).sum(dim=1)
+    if shift is None:
+        neg_logits = input @ rows[batch:].T
     else:
-        logits = torch.addmm(neg_shift, input, neg_weight.T)
+        true_logits = true_logits + shift[:batch]
+        neg_logits = torch.addmm(shift[batch:], input, rows[batch:].T)
     if hits is not None:
-        logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min)
-    return logits
+        neg_logits = neg_logits.masked_fill(hits, torch.finfo(neg_logits.dtype).min)
+    return true_logits, neg_logits
 
 
-def _negative_grads(
-    ctx: Any, grad_logits: Tensor, input: Tensor, neg_weight: Tensor
+def _input_grads(
+    ctx: Any, grad_true: Tensor, grad_neg: Tensor, input: Tensor, rows: Tensor
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients for ``input``, ``neg_weight`` and ``neg_shift`` from d loss / d logits."""
-    need_input, need_weight, need_shift = ctx.needs_input_grad[:3]
-    grad_input = grad_logits @ neg_weight if need_input else None
-    grad_weight = grad_logits.T @ input if need_weight else None
-    grad_shift = grad_logits.sum(0) if need_shift else None
-    return grad_input, grad_weight, grad_shift
+    """Gradients for ``input``, ``rows`` and ``shift`` from d loss / d logits.
+
+    ``grad_true`` (B,) and ``grad_neg`` (B, S) are the gradients with respect to the target
+    and the negative logits. In place where autograd does not watch (no ``create_graph``).
+    """
+    batch = input.shape[0]
+    true_w, neg_w = rows[:batch], rows[batch:]
+    need_input, need_rows, need_shift = ctx.needs_input_grad[:3]
+    grad_input = grad_rows = grad_shift = None
+    if need_input:
+        grad_input = grad_neg @ neg_w
+        if torch.is_grad_enabled():
+            grad_input = torch.addcmul(grad_input, grad_true[:, None], true_w)
+        else:
+            grad_input.addcmul_(grad_true[:, None], true_w)
+    if need_rows:
+        grad_rows = torch.cat([grad_true[:, None] * input, grad_neg.T @ input])
+    if need_shift:
+        grad_shift = torch.cat([grad_true, grad_neg.sum(0)])
+    return grad_input, grad_rows, grad_shift
 
 
 class _SampledSoftmaxCore(torch.autograd.Function):
-    """``-log_softmax([true_logits, negative logits])[:, 0]``, shape (B,)."""
+    """``-log_softmax([target logit, negative logits])[:, 0]``, shape (B,).
+
+    Inputs: ``input`` (B, D); ``rows`` (B + S, D), the targets' rows then the negatives';
+    ``shift`` (B + S,) added to the logits (bias, ``-log(S q)``) or None; ``hits`` (B, S), the
+    negatives to drop, or None.
+    """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        input: Tensor,
-        neg_weight: Tensor,
-        neg_shift: Tensor | None,
-        true_logits: Tensor,
-        hits: Tensor | None,
+        ctx: Any, input: Tensor, rows: Tensor, shift: Tensor | None, hits: Tensor | None
     ) -> Tensor:
-        batch, num_neg = input.shape[0], neg_weight.shape[0]
+        batch, num_neg = input.shape[0], rows.shape[0] - input.shape[0]
         logits = input.new_empty(batch, 1 + num_neg)  # the target in column 0
+        true_logits = (input * rows[:batch]).sum(dim=1)
+        if shift is not None:
+            true_logits += shift[:batch]
         logits[:, 0] = true_logits
-        _negative_logits_into(logits[:, 1:], input, neg_weight, neg_shift, hits)
+        neg_shift = None if shift is None else shift[batch:]
+        _negative_logits_into(logits[:, 1:], input, rows[batch:], neg_shift, hits)
         log_p = torch.log_softmax(logits, dim=1)
-        ctx.save_for_backward(log_p, input, neg_weight, neg_shift, true_logits, hits)
+        ctx.save_for_backward(log_p, input, rows, shift, hits)
         return -log_p[:, 0]
 
     @staticmethod
     def backward(
         ctx: Any, grad: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None]:
-        log_p, input, neg_weight, neg_shift, true_logits, hits = ctx.saved_tensors
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        log_p, input, rows, shift, hits = ctx.saved_tensors
         # d loss_i / d logit_ij = p_ij - [j == 0]
         if torch.is_grad_enabled():  # create_graph=True: recompute, differentiably
-            neg = _negative_logits(input, neg_weight, neg_shift, hits)
-            log_p = torch.log_softmax(torch.cat([true_logits[:, None], neg], dim=1), dim=1)
+            true_logits, neg_logits = _logits(input, rows, shift, hits)
+            log_p = torch.log_softmax(torch.cat([true_logits[:, None], neg_logits], 1), dim=1)
             grad_logits = log_p.exp() * grad[:, None]
         else:
             grad_logits = log_p.exp().mul_(grad[:, None])
-        grad_true = grad_logits[:, 0] - grad if ctx.needs_input_grad[3] else None
-        grads = _negative_grads(ctx, grad_logits[:, 1:], input, neg_weight)
-        return (*grads, grad_true, None)
+        grad_true = grad_logits[:, 0] - grad
+        return (*_input_grads(ctx, grad_true, grad_logits[:, 1:], input, rows), None)
 
 
-class _SoftplusSumCore(torch.autograd.Function):
-    """``softplus(negative logits).sum(1)``, shape (B,): the negatives' part of NCE."""
+class _BinaryCore(torch.autograd.Function):
+    """``softplus(-target logit) + softplus(negative logits).sum(1)``, shape (B,): NCE and
+    negative sampling. Inputs as in :class:`_SampledSoftmaxCore`."""
 
     @staticmethod
     def forward(
-        ctx: Any,
-        input: Tensor,
-        neg_weight: Tensor,
-        neg_shift: Tensor | None,
-        hits: Tensor | None,
+        ctx: Any, input: Tensor, rows: Tensor, shift: Tensor | None, hits: Tensor | None
     ) -> Tensor:
-        logits = input.new_empty(input.shape[0], neg_weight.shape[0])
-        _negative_logits_into(logits, input, neg_weight, neg_shift, hits)
-        ctx.save_for_backward(logits, input, neg_weight, neg_shift, hits)
-        return softplus(logits).sum(dim=1)
+        batch = input.shape[0]
+        true_logits = (input * rows[:batch]).sum(dim=1)
+        if shift is not None:
+            true_logits += shift[:batch]
+        neg_logits = input.new_empty(batch, rows.shape[0] - batch)
+        neg_shift = None if shift is None else shift[batch:]
+        _negative_logits_into(neg_logits, input, rows[batch:], neg_shift, hits)
+        ctx.save_for_backward(true_logits, neg_logits, input, rows, shift, hits)
+        return softplus(-true_logits) + softplus(neg_logits).sum(dim=1)
 
     @staticmethod
     def backward(
         ctx: Any, grad: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        logits, input, neg_weight, neg_shift, hits = ctx.saved_tensors
+        true_logits, neg_logits, input, rows, shift, hits = ctx.saved_tensors
+        # softplus' = sigmoid: d/d true = -sigmoid(-true), d/d negative = sigmoid(negative)
         if torch.is_grad_enabled():  # create_graph=True: recompute, differentiably
-            logits = _negative_logits(input, neg_weight, neg_shift, hits)
-            grad_logits = torch.sigmoid(logits) * grad[:, None]
+            true_logits, neg_logits = _logits(input, rows, shift, hits)
+            grad_neg = torch.sigmoid(neg_logits) * grad[:, None]
         else:
-            grad_logits = torch.sigmoid(logits).mul_(grad[:, None])  # softplus' = sigmoid
-        return (*_negative_grads(ctx, grad_logits, input, neg_weight), None)
+            grad_neg = torch.sigmoid(neg_logits).mul_(grad[:, None])
+        grad_true = -torch.sigmoid(-true_logits) * grad
+        return (*_input_grads(ctx, grad_true, grad_neg, input, rows), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,11 +566,11 @@ def _shared_negatives(
     sparse: object,
     negatives: Tensor | None,
     generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Validate, draw the shared negatives and gather what the two cores need.
 
-    Returns the target logits ``(B,)`` (with their bias and, if asked, ``-log(S q)``), the
-    negatives' rows ``(S, dim)``, their additive correction ``(S,)`` (bias and ``-log(S q)``;
+    Returns the rows of the layer ``(B + S, dim)`` (the targets', then the negatives'), the
+    additive correction of their logits ``(B + S,)`` (bias and, where asked, ``-log(S q)``;
     None if there is neither) and the accidental-hit mask ``(B, S)`` (None if not removed).
     """
     target = _check_output_layer(input, weight, bias, target)
@@ -558,26 +582,22 @@ def _shared_negatives(
     ids = torch.cat([target, negatives])  # (B + S,): the only rows of the layer we touch
     rows = F.embedding(ids, weight, sparse=True) if sparse else weight.index_select(0, ids)
     check_finite(rows, "weight (the rows this batch uses)")
-    true_logits = (input * rows[:batch]).sum(dim=1)  # (B,)
-    neg_shift: Tensor | None = None
+    shift: Tensor | None = None
     if bias is not None:
-        b = bias.index_select(0, ids)
-        check_finite(b, "bias (the entries this batch uses)")
-        true_logits = true_logits + b[:batch]
-        neg_shift = b[batch:]
+        shift = bias.index_select(0, ids)
+        check_finite(shift, "bias (the entries this batch uses)")
     if log_q_for_negatives or log_q_for_target:
         # log of the expected count S q(w) of each class among S draws with replacement
-        which = ids if log_q_for_target else negatives
-        log_q = sampler.log_prob(which)
+        log_q = sampler.log_prob(ids if log_q_for_target else negatives)
         check_finite(log_q, "sampler.log_prob() of the drawn classes")
         log_count = (log_q + math.log(negatives.shape[0])).to(input.dtype)
-        if log_q_for_target:
-            true_logits = true_logits - log_count[:batch]
-            log_count = log_count[batch:]
-        if log_q_for_negatives:
-            neg_shift = -log_count if neg_shift is None else neg_shift - log_count
+        if not log_q_for_target:
+            log_count = torch.cat([log_count.new_zeros(batch), log_count])
+        elif not log_q_for_negatives:
+            log_count[batch:] = 0
+        shift = -log_count if shift is None else shift - log_count
     hits = negatives[None, :] == target[:, None] if remove_accidental_hits else None  # (B, S)
-    return true_logits, rows[batch:], neg_shift, hits
+    return rows, shift, hits
 
 
 def nce_loss(
@@ -661,7 +681,7 @@ def nce_loss(
         torch.Size([8])
     """
     check_reduction(reduction)
-    true_logits, neg_weight, neg_shift, hits = _shared_negatives(
+    rows, shift, hits = _shared_negatives(
         input,
         weight,
         bias,
@@ -675,10 +695,8 @@ def nce_loss(
         negatives=negatives,
         generator=generator,
     )
-    negatives_part: Tensor = _SoftplusSumCore.apply(  # type: ignore[no-untyped-call]
-        input, neg_weight, neg_shift, hits
-    )
-    return reduce_loss(softplus(-true_logits) + negatives_part, reduction)
+    loss: Tensor = _BinaryCore.apply(input, rows, shift, hits)  # type: ignore[no-untyped-call]
+    return reduce_loss(loss, reduction)
 
 
 def negative_sampling_loss(
@@ -732,7 +750,7 @@ def negative_sampling_loss(
         (True, torch.Size([4, 8]))
     """
     check_reduction(reduction)
-    true_logits, neg_weight, neg_shift, hits = _shared_negatives(
+    rows, shift, hits = _shared_negatives(
         input,
         weight,
         bias,
@@ -746,10 +764,8 @@ def negative_sampling_loss(
         negatives=negatives,
         generator=generator,
     )
-    negatives_part: Tensor = _SoftplusSumCore.apply(  # type: ignore[no-untyped-call]
-        input, neg_weight, neg_shift, hits
-    )
-    return reduce_loss(softplus(-true_logits) + negatives_part, reduction)
+    loss: Tensor = _BinaryCore.apply(input, rows, shift, hits)  # type: ignore[no-untyped-call]
+    return reduce_loss(loss, reduction)
 
 
 def sampled_softmax_loss(
@@ -836,7 +852,7 @@ def sampled_softmax_loss(
     """
     check_reduction(reduction)
     subtract_log_q = _check_bool(subtract_log_q, "subtract_log_q")
-    true_logits, neg_weight, neg_shift, hits = _shared_negatives(
+    rows, shift, hits = _shared_negatives(
         input,
         weight,
         bias,
@@ -851,7 +867,7 @@ def sampled_softmax_loss(
         generator=generator,
     )
     loss: Tensor = _SampledSoftmaxCore.apply(  # type: ignore[no-untyped-call]
-        input, neg_weight, neg_shift, true_logits, hits
+        input, rows, shift, hits
     )
     return reduce_loss(loss, reduction)
 
