@@ -33,6 +33,13 @@ def seed_everything(seed: int) -> torch.Generator:
 
     Pass the returned generator to the functions that take ``generator=`` to keep a chapter's
     randomness independent of the order in which its cells run.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import seed_everything
+        >>> first = torch.rand(3, generator=seed_everything(0))
+        >>> torch.equal(first, torch.rand(3, generator=seed_everything(0)))
+        True
     """
     check_int(seed, "seed", minimum=0)
     random.seed(seed)
@@ -46,6 +53,18 @@ def logistic_noise(n: int, generator: torch.Generator | None = None) -> Tensor:
 
     Uses inversion: if :math:`u \sim U(0, 1)` then :math:`\log u - \log(1 - u)` is logistic,
     whose cumulative distribution function is the sigmoid.
+
+    Shape:
+        - output: ``(n,)``, float64.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import logistic_noise
+        >>> x = logistic_noise(100_000, generator=torch.Generator().manual_seed(0))
+        >>> x.shape, x.dtype
+        (torch.Size([100000]), torch.float64)
+        >>> round(float((x < 1.0).double().mean()), 2)  # the CDF at 1: sigmoid(1) = 0.73
+        0.73
     """
     check_int(n, "n", minimum=1)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
@@ -65,6 +84,18 @@ def two_gaussians(
     Returns:
         ``(x, y)``: ``x`` of shape ``(2 * n_per_class, dim)`` in float64 and ``y`` of shape
         ``(2 * n_per_class,)`` holding 0 or 1 (float64, ready for binary losses), shuffled.
+
+    Shape:
+        - output: ``x`` ``(2 * n_per_class, dim)`` and ``y`` ``(2 * n_per_class,)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import two_gaussians
+        >>> x, y = two_gaussians(50, distance=4.0, generator=torch.Generator().manual_seed(0))
+        >>> x.shape, y.shape, int(y.sum())
+        (torch.Size([100, 2]), torch.Size([100]), 50)
+        >>> bool(x[y == 0, 0].mean() < -1), bool(x[y == 1, 0].mean() > 1)  # means at -2 and 2
+        (True, True)
     """
     check_int(n_per_class, "n_per_class", minimum=1)
     check_int(dim, "dim", minimum=1)
@@ -82,7 +113,14 @@ def two_gaussians(
 
 @dataclass(frozen=True)
 class Split:
-    """A train/test split of features and targets, as tensors."""
+    """A train/test split of features and targets, as tensors.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import Split
+        >>> split = Split(torch.zeros(3, 2), torch.zeros(3), torch.ones(1, 2), torch.ones(1))
+        >>> split.x_train.shape, split.y_test
+        (torch.Size([3, 2]), tensor([1.]))"""
 
     x_train: Tensor
     y_train: Tensor
@@ -97,6 +135,23 @@ def split_train_test(
 
     Standardisation uses the mean and standard deviation of the training part only (features
     with zero spread are left unscaled), so nothing leaks from the test part.
+
+    Shape:
+        - x: ``(N, *)``; y: ``(N,)``.
+        - output: ``x_test`` and ``y_test`` hold ``round(N * test_fraction)`` rows (at least
+          one), ``x_train`` and ``y_train`` the others.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import split_train_test
+        >>> x, y = torch.arange(16.0).reshape(8, 2), torch.arange(8)  # row i is [2i, 2i + 1]
+        >>> split = split_train_test(x, y, test_fraction=0.25, standardize=False)
+        >>> split.x_train.shape, split.x_test.shape
+        (torch.Size([6, 2]), torch.Size([2, 2]))
+        >>> torch.equal(split.x_test[:, 0], 2.0 * split.y_test)  # rows keep their targets
+        True
+        >>> torch.allclose(split_train_test(x, y).x_train.std(0), torch.ones(2))  # standardised
+        True
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -117,6 +172,14 @@ def load_digits(test_fraction: float = 0.25, *, seed: int = 0, standardize: bool
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as a float32/long split.
 
     Pixels are scaled from 0..16 to 0..1 before optional standardisation.
+
+    Examples:
+        >>> from companion.data import load_digits
+        >>> split = load_digits(test_fraction=0.25, seed=0)
+        >>> split.x_train.shape, split.x_test.shape, split.y_train.dtype
+        (torch.Size([1348, 64]), torch.Size([449, 64]), torch.int64)
+        >>> split.y_train.unique().tolist()
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     """
     from sklearn.datasets import load_digits as _load
 
@@ -132,6 +195,14 @@ def load_breast_cancer(
     """scikit-learn's bundled breast-cancer data (569 samples, 30 features) as a float64 split.
 
     Targets are float64 zeros and ones (1 = benign, as scikit-learn encodes it).
+
+    Examples:
+        >>> from companion.data import load_breast_cancer
+        >>> split = load_breast_cancer(test_fraction=0.25, seed=0)
+        >>> split.x_train.shape, split.x_test.shape
+        (torch.Size([427, 30]), torch.Size([142, 30]))
+        >>> split.y_train.dtype, split.y_train.unique().tolist()
+        (torch.float64, [0.0, 1.0])
     """
     from sklearn.datasets import load_breast_cancer as _load
 

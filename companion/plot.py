@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+__all__ = ["PALETTE", "figure", "use_book_style"]
+
 #: Colours for classes and curves, in order (colour-blind safe, from Okabe and Ito).
 PALETTE: tuple[str, ...] = (
     "#0072B2",
@@ -39,7 +41,16 @@ _STYLE: dict[str, Any] = {
 
 
 def use_book_style() -> None:
-    """Apply the book's matplotlib style (and the colour cycle of :data:`PALETTE`)."""
+    """Apply the book's matplotlib style (and the colour cycle of :data:`PALETTE`).
+
+    Examples:
+        >>> import matplotlib
+        >>> from companion.plot import PALETTE, use_book_style
+        >>> with matplotlib.rc_context():  # restores the previous style on exit
+        ...     use_book_style()
+        ...     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        ...     print(matplotlib.rcParams["figure.dpi"], colours[0] == PALETTE[0])
+        110.0 True"""
     import matplotlib as mpl
     from cycler import cycler
 
@@ -52,6 +63,16 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 3.4, height: float = 3
 
     Returns:
         ``(fig, axes)`` as from :func:`matplotlib.pyplot.subplots` (``axes`` squeezed).
+
+    Examples:
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")  # draw off-screen
+        >>> import matplotlib.pyplot as plt
+        >>> from companion.plot import figure
+        >>> fig, axes = figure(ncols=2, width=3.0, height=2.5)
+        >>> len(axes), fig.get_size_inches().tolist()
+        (2, [6.0, 2.5])
+        >>> plt.close(fig)
     """
     import matplotlib.pyplot as plt
 

@@ -19,14 +19,31 @@ __all__ = ["History", "accuracy", "fit"]
 
 @dataclass
 class History:
-    """Per-epoch mean training loss (and test accuracy when a test set was given)."""
+    """Per-epoch mean training loss (and test accuracy when a test set was given).
+
+    Examples:
+        >>> from companion.train import History
+        >>> history = History(loss=[0.9, 0.4])
+        >>> history.loss[-1], history.test_accuracy
+        (0.4, [])"""
 
     loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
 
 
 def accuracy(logits: Tensor, target: Tensor) -> float:
-    """Fraction of rows whose arg-max equals ``target`` (class indices)."""
+    """Fraction of rows whose arg-max equals ``target`` (class indices).
+
+    Shape:
+        - logits: ``(B, C)``; target: ``(B,)``.
+        - output: a Python float.
+
+    Examples:
+        >>> import torch
+        >>> from companion.train import accuracy
+        >>> logits = torch.tensor([[2.0, 0.1], [0.3, 0.9], [1.0, 0.0]])
+        >>> accuracy(logits, torch.tensor([0, 1, 1]))
+        0.6666666666666666"""
     check_tensor(logits, "logits", ndim=2)
     check_batch_size(logits, "logits", target, "target")
     return float((logits.argmax(dim=1) == target).double().mean())
@@ -61,6 +78,21 @@ def fit(
             the loss owns parameters too.
         x_test, y_test: if given, the test accuracy of ``model(x_test)`` is recorded after each
             epoch (``model`` must then output logits).
+
+    Shape:
+        - x: ``(N, *)``; y: ``(N, *)``; x_test, y_test: ``(N_test, *)``.
+        - output: a :class:`History` with one entry per epoch.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from companion.train import fit
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.tensor([[-2.0], [-1.0], [1.0], [2.0]]), torch.tensor([0, 0, 1, 1])
+        >>> model = torch.nn.Linear(1, 2)
+        >>> history = fit(model, F.cross_entropy, x, y, epochs=50, lr=0.1, x_test=x, y_test=y)
+        >>> len(history.loss), history.loss[-1] < history.loss[0], history.test_accuracy[-1]
+        (50, True, 1.0)
     """
     check_int(epochs, "epochs", minimum=1)
     check_positive(lr, "lr")
