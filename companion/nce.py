@@ -350,10 +350,10 @@ def _negative_logits_into(
 ) -> None:
     """Write ``input @ neg_weight.T + neg_shift`` into ``out`` (B, S), hits masked."""
     if neg_shift is None:
-        out.zero_()
+        out.addmm_(input, neg_weight.T, beta=0)  # beta=0: out's old contents are never read
     else:
         out.copy_(neg_shift.expand_as(out))
-    out.addmm_(input, neg_weight.T)
+        out.addmm_(input, neg_weight.T)
     if hits is not None:
         # the most negative finite number: its softmax weight and sigmoid are exactly 0, so a
         # removed negative adds nothing to the loss or its gradient

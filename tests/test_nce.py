@@ -166,6 +166,29 @@ def test_sampled_softmax_equals_cross_entropy_over_the_sampled_logits(
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_without_bias_or_correction_equals_the_naive_formulas() -> None:
+    # the path with no additive shift at all (no bias, no log q)
+    x, w, _, t = make_layer()
+    sampler = N.LogUniformSampler(15)
+    negatives = torch.tensor([1, 4, 4, 9, int(t[0])])
+    logits = x @ w.T
+    true, neg = logits.gather(1, t[:, None]).squeeze(1), logits[:, negatives]
+    hits = negatives[None, :] == t[:, None]
+    want_ns = F.softplus(-true) + F.softplus(neg).sum(1)
+    got_ns = N.negative_sampling_loss(x, w, None, t, sampler, 5, negatives=negatives)
+    torch.testing.assert_close(got_ns, want_ns.mean(), rtol=1e-12, atol=1e-12)
+    masked = torch.cat([true[:, None], neg.masked_fill(hits, -math.inf)], 1)
+    want_ss = torch.logsumexp(masked, 1) - true
+    got_ss = N.sampled_softmax_loss(
+        x, w, None, t, sampler, 5, subtract_log_q=False, negatives=negatives, reduction="none"
+    )
+    torch.testing.assert_close(got_ss, want_ss, rtol=1e-12, atol=1e-12)
+    for got, want in ((got_ns, want_ns.mean()), (got_ss.sum(), want_ss.sum())):
+        g_got = torch.autograd.grad(got, w)
+        g_want = torch.autograd.grad(want, w, retain_graph=True)
+        torch.testing.assert_close(g_got[0], g_want[0], rtol=1e-12, atol=1e-12)
+
+
 def test_sampled_softmax_with_every_class_once_is_the_full_softmax() -> None:
     x, w, b, t = make_layer(batch=8, num_classes=11)
     sampler = EveryClassOnce(11)
