@@ -120,7 +120,8 @@ class Split:
         >>> from companion.data import Split
         >>> split = Split(torch.zeros(3, 2), torch.zeros(3), torch.ones(1, 2), torch.ones(1))
         >>> split.x_train.shape, split.y_test
-        (torch.Size([3, 2]), tensor([1.]))"""
+        (torch.Size([3, 2]), tensor([1.]))
+    """
 
     x_train: Tensor
     y_train: Tensor

@@ -50,7 +50,8 @@ def use_book_style() -> None:
         ...     use_book_style()
         ...     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
         ...     print(matplotlib.rcParams["figure.dpi"], colours[0] == PALETTE[0])
-        110.0 True"""
+        110.0 True
+    """
     import matplotlib as mpl
     from cycler import cycler
 

@@ -25,7 +25,8 @@ class History:
         >>> from companion.train import History
         >>> history = History(loss=[0.9, 0.4])
         >>> history.loss[-1], history.test_accuracy
-        (0.4, [])"""
+        (0.4, [])
+    """
 
     loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
@@ -43,7 +44,8 @@ def accuracy(logits: Tensor, target: Tensor) -> float:
         >>> from companion.train import accuracy
         >>> logits = torch.tensor([[2.0, 0.1], [0.3, 0.9], [1.0, 0.0]])
         >>> accuracy(logits, torch.tensor([0, 1, 1]))
-        0.6666666666666666"""
+        0.6666666666666666
+    """
     check_tensor(logits, "logits", ndim=2)
     check_batch_size(logits, "logits", target, "target")
     return float((logits.argmax(dim=1) == target).double().mean())
