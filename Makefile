@@ -74,9 +74,9 @@ nbval: $(STAMP)
 	@mkdir -p $(BUILD)
 	@run=$$(mktemp -d $(BUILD)/nbval.XXXXXX) && trap 'rm -rf '$$run EXIT && \
 	notebooks=$$($(BIN)/python tools/nbcache.py convert $$run/in $(CHAPTERS)) && \
-	NBVAL_RECORD_DIR=$$run/out $(BIN)/python -m pytest -q -p no:cacheprovider -p tools.nbval_record \
-	  --nbval-lax -n $(JOBS) --dist loadfile --no-loadscope-reorder $$notebooks && \
-	$(BIN)/python tools/nbcache.py store $$run/out $(NBCACHE)
+	{ NBVAL_RECORD_DIR=$$run/out $(BIN)/python -m pytest -q -p no:cacheprovider -p tools.nbval_record \
+	  --nbval-lax -n $(JOBS) --dist loadfile --no-loadscope-reorder $$notebooks; status=$$?; } ; \
+	$(BIN)/python tools/nbcache.py store $$run/out $(NBCACHE) && exit $$status
 
 site-test: $(STAMP)
 	$(BIN)/pytest -q -m browser tests/test_site.py
