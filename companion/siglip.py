@@ -96,43 +96,61 @@ def _sigmoid_sweep(
     Q`, :math:`ds = \sum_i q_i \cdot (GK)_i` and :math:`db = \sum_{ij} G_{ij}`. Returns
     ``(total, dQ, dK, ds, db)`` (the gradients are None without ``grads``), in the accumulation
     dtype (float32 for half inputs) except ``dQ``.
+
+    The bias rides inside the products: with :math:`\tilde Q = [sQ \mid b]` and
+    :math:`\tilde K = [K \mid 1]`, the tile :math:`\tilde Q \tilde K^\top` is ``L`` (no
+    pass to add ``b``), and :math:`G \tilde K = [GK \mid G\mathbf 1]` gives the row sums of
+    ``G`` for ``db`` (no pass to sum ``G``). Per tile that leaves two passes over the tile
+    (softplus and sigmoid) besides the three products, and every buffer is reused.
     """
     dtype, acc = queries.dtype, _accumulation_dtype(queries.dtype)
-    m, n = queries.shape[0], keys.shape[0]
+    m, n, dim = queries.shape[0], keys.shape[0], queries.shape[1]
+    device = queries.device
     s = scale.to(dtype)
     scaled = queries * s
-    keys_t = keys.T
-    logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
+    tile = min(chunk, m)
+    # [s Q | b] and [K | 1]: the bias inside the product
+    scaled_aug = torch.cat([scaled, bias.to(dtype).expand(m, 1)], dim=1)
+    keys_aug = torch.cat([keys, keys.new_ones(n, 1)], dim=1)
+    keys_aug_t = keys_aug.T
+    logits_buf = torch.empty((tile, n), dtype=acc, device=device)
     work_buf = torch.empty_like(logits_buf)
-    zero = torch.zeros((), dtype=acc, device=queries.device)
-    total = torch.zeros((), dtype=acc, device=queries.device)
-    d_q = torch.empty_like(queries) if grads else None
-    d_k = torch.zeros(keys.shape, dtype=acc, device=keys.device) if grads else None
-    d_s = torch.zeros((), dtype=acc, device=queries.device)
-    d_b = torch.zeros((), dtype=acc, device=queries.device)
+    zero = torch.zeros((), dtype=acc, device=device)
+    total = torch.zeros((), dtype=acc, device=device)
+    if not grads:
+        for start, stop in _row_tiles(m, chunk):
+            logits = _tile_logits(scaled_aug[start:stop], keys_aug_t, logits_buf)
+            total = total + torch.logaddexp(logits, zero, out=work_buf[: stop - start]).sum()
+            if offset is not None:
+                rows = torch.arange(stop - start, device=device)
+                total = total - logits[rows, rows + (offset + start)].sum()
+        return total, None, None, None, None
+    d_q = torch.empty_like(queries)
+    d_k = torch.zeros(keys.shape, dtype=acc, device=device)
+    d_s = torch.zeros((), dtype=acc, device=device)
+    d_b = torch.zeros((), dtype=acc, device=device)
+    grad_keys_buf = torch.empty((tile, dim + 1), dtype=dtype, device=device)
     for start, stop in _row_tiles(m, chunk):
-        logits = _tile_logits(scaled[start:stop], keys_t, logits_buf, bias)
+        logits = _tile_logits(scaled_aug[start:stop], keys_aug_t, logits_buf)
         work = work_buf[: stop - start]
         total = total + torch.logaddexp(logits, zero, out=work).sum()
-        if offset is not None:
-            rows = torch.arange(stop - start, device=logits.device)
-            total = total - logits[rows, rows + (offset + start)].sum()
-        if d_q is None or d_k is None:
-            continue
         grad = torch.sigmoid(logits, out=work)
         if offset is not None:
-            grad[rows, rows + (offset + start)] -= 1.0
-        d_b += grad.sum()
+            rows = torch.arange(stop - start, device=device)
+            diagonal = rows + (offset + start)
+            total = total - logits[rows, diagonal].sum()
+            grad[rows, diagonal] -= 1.0
         grad_mm = grad if grad.dtype == dtype else grad.to(dtype)
-        grad_keys = torch.mm(grad_mm, keys)  # G K, shape (tile, D)
-        d_q[start:stop] = grad_keys * s
-        d_s += (queries[start:stop].to(acc) * grad_keys.to(acc)).sum()
+        # [G K | G 1]: the gradient product and the row sums of G at once
+        grad_keys_aug = torch.mm(grad_mm, keys_aug, out=grad_keys_buf[: stop - start])
+        grad_keys = grad_keys_aug[:, :dim]
+        d_b += grad_keys_aug[:, dim].sum(dtype=acc)
+        torch.mul(grad_keys, s, out=d_q[start:stop])
+        d_s += torch.vdot(queries[start:stop].flatten().to(acc), grad_keys.flatten().to(acc))
         if d_k.dtype == dtype:
             d_k.addmm_(grad_mm.T, scaled[start:stop])
         else:
             d_k += torch.mm(grad_mm.T, scaled[start:stop]).to(acc)
-    if not grads:
-        return total, None, None, None, None
     return total, d_q, d_k, d_s, d_b
 
 
