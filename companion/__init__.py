@@ -79,7 +79,6 @@ from companion.minmax import (
     class_separation,
     min_max_loss,
     pairwise_distance,
-    partially_tagged_clusters,
     sample_other_classes,
 )
 from companion.multilabel import (
@@ -132,7 +131,6 @@ from companion.zoo import (
     binary_hinge_loss,
     cosine_distance,
     huber_loss,
-    ink_width,
     l2_regularization,
     log_loss,
     mean_pairwise_squared_error,
@@ -188,7 +186,6 @@ __all__ = [
     "hamming_loss",
     "huber_loss",
     "info_nce_loss",
-    "ink_width",
     "inverse_loss",
     "inverse_power_loss",
     "l2_regularization",
@@ -213,7 +210,6 @@ __all__ = [
     "paired_views",
     "pairwise_distance",
     "partial_fc_loss",
-    "partially_tagged_clusters",
     "per_label_f1",
     "predict_labels",
     "retrieval_accuracy",

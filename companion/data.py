@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from companion._validate import check_int, check_positive
+from companion._validate import check_finite, check_int, check_positive, check_tensor
 
 __all__ = [
     "Split",
+    "ink_width",
     "load_breast_cancer",
     "load_digits",
     "logistic_noise",
+    "partially_tagged_clusters",
     "seed_everything",
     "split_train_test",
     "two_gaussians",
@@ -211,3 +213,93 @@ def load_breast_cancer(
     x = torch.tensor(data.data, dtype=torch.float64)
     y = torch.tensor(data.target, dtype=torch.float64)
     return split_train_test(x, y, test_fraction, seed=seed, standardize=standardize)
+
+
+def ink_width(images: Tensor, side: int = 8) -> Tensor:
+    r"""The horizontal spread of the ink in square grey-scale images, in pixels.
+
+    With intensities :math:`I_{rc} \ge 0` and column index :math:`c`, the width is the
+    ink-weighted standard deviation of the column,
+    :math:`\sqrt{\sum_{rc} I_{rc} (c - \bar c)^2 / \sum_{rc} I_{rc}}` with
+    :math:`\bar c = \sum_{rc} I_{rc}\, c / \sum_{rc} I_{rc}`. A single vertical stroke has width
+    0; a narrow "1" has a small width and a round "0" a large one. It is a nonlinear function
+    of the pixels (a ratio), so a linear model cannot fit it exactly.
+
+    Args:
+        images: shape ``(N, side * side)`` (flattened rows) or ``(N, side, side)``, with
+            non-negative intensities and some ink in every image.
+        side: the image's side length in pixels.
+
+    Shape:
+        - images: ``(N, side * side)`` or ``(N, side, side)``.
+        - output: ``(N,)``.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import ink_width
+        >>> images = torch.zeros(2, 8, 8)
+        >>> images[0, :, 3] = 1.0  # one vertical stroke
+        >>> images[1, :, [0, 7]] = 1.0  # two strokes, 7 pixels apart
+        >>> ink_width(images)
+        tensor([0.0000, 3.5000])
+    """
+    check_int(side, "side", minimum=1)
+    x = check_tensor(images, "images", ndim=(2, 3))
+    if x.dim() == 2:
+        if x.shape[1] != side * side:
+            raise ValueError(
+                f"images must have shape (N, {side * side}) or (N, {side}, {side}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = x.reshape(-1, side, side)
+    elif tuple(x.shape[1:]) != (side, side):
+        raise ValueError(
+            f"images must have shape (N, {side * side}) or (N, {side}, {side}), "
+            f"got {tuple(x.shape)}"
+        )
+    check_finite(x, "images")
+    if bool((x < 0).any()):
+        raise ValueError("images must hold non-negative intensities, got a negative entry")
+    mass = x.sum(dim=(1, 2))
+    if bool((mass <= 0).any()):
+        raise ValueError("images must each contain some ink, got an all-zero image")
+    column = torch.arange(side, dtype=x.dtype, device=x.device)
+    mean = (x * column).sum(dim=(1, 2)) / mass
+    spread = (x * (column - mean[:, None, None]).square()).sum(dim=(1, 2)) / mass
+    return spread.clamp_min(0).sqrt()
+
+
+def partially_tagged_clusters(
+    n_per_cluster: int,
+    distance: float = 4.0,
+    std: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Three 2-D Gaussian clusters on a line; the middle one is tagged half 0, half 1.
+
+    Cluster 0 is centred at ``(-distance, 0)`` and tagged 0, cluster 1 at ``(distance, 0)`` and
+    tagged 1, and the *common* cluster 2 at the origin belongs to both classes, but each of its
+    samples carries only one tag, 0 or 1 with probability 1/2: partially tagged data.
+
+    Returns:
+        ``(x, tag, cluster)``: ``x`` of shape ``(3 n, 2)`` in float32, the observed tags (long,
+        0 or 1) and the true cluster of each sample (long, 0, 1 or 2), in cluster order.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import partially_tagged_clusters
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, tag, cluster = partially_tagged_clusters(4, generator=g)
+        >>> x.shape, cluster.tolist()
+        (torch.Size([12, 2]), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    """
+    check_int(n_per_cluster, "n_per_cluster", minimum=1)
+    check_positive(distance, "distance")
+    check_positive(std, "std")
+    centres = torch.tensor([[-distance, 0.0], [distance, 0.0], [0.0, 0.0]])
+    cluster = torch.arange(3).repeat_interleave(n_per_cluster)
+    x = centres[cluster] + std * torch.randn(3 * n_per_cluster, 2, generator=generator)
+    coin = (torch.rand(3 * n_per_cluster, generator=generator) < 0.5).long()
+    tag = torch.where(cluster == 2, coin, cluster)
+    return x, tag, cluster

@@ -69,7 +69,6 @@ __all__ = [
     "class_separation",
     "min_max_loss",
     "pairwise_distance",
-    "partially_tagged_clusters",
     "sample_other_classes",
 ]
 
@@ -367,42 +366,6 @@ def sample_other_classes(
         device=target.device,
     )
     return r + (r >= target[:, None]).long()
-
-
-def partially_tagged_clusters(
-    n_per_cluster: int,
-    distance: float = 4.0,
-    std: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Three 2-D Gaussian clusters on a line; the middle one is tagged half 0, half 1.
-
-    Cluster 0 is centred at ``(-distance, 0)`` and tagged 0, cluster 1 at ``(distance, 0)`` and
-    tagged 1, and the *common* cluster 2 at the origin belongs to both classes, but each of its
-    samples carries only one tag, 0 or 1 with probability 1/2: partially tagged data.
-
-    Returns:
-        ``(x, tag, cluster)``: ``x`` of shape ``(3 n, 2)`` in float32, the observed tags (long,
-        0 or 1) and the true cluster of each sample (long, 0, 1 or 2), in cluster order.
-
-    Examples:
-        >>> import torch
-        >>> from companion.minmax import partially_tagged_clusters
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x, tag, cluster = partially_tagged_clusters(4, generator=g)
-        >>> x.shape, cluster.tolist()
-        (torch.Size([12, 2]), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
-    """
-    check_int(n_per_cluster, "n_per_cluster", minimum=1)
-    check_positive(distance, "distance")
-    check_positive(std, "std")
-    centres = torch.tensor([[-distance, 0.0], [distance, 0.0], [0.0, 0.0]])
-    cluster = torch.arange(3).repeat_interleave(n_per_cluster)
-    x = centres[cluster] + std * torch.randn(3 * n_per_cluster, 2, generator=generator)
-    coin = (torch.rand(3 * n_per_cluster, generator=generator) < 0.5).long()
-    tag = torch.where(cluster == 2, coin, cluster)
-    return x, tag, cluster
 
 
 class LabelEmbeddingClassifier(nn.Module):

@@ -56,7 +56,6 @@ __all__ = [
     "binary_hinge_loss",
     "cosine_distance",
     "huber_loss",
-    "ink_width",
     "l2_regularization",
     "log_loss",
     "mean_pairwise_squared_error",
@@ -801,62 +800,3 @@ def l2_regularization(module_or_params: nn.Module | Iterable[Tensor]) -> Tensor:
     for p in params[1:]:
         total = total + p.square().sum()
     return 0.5 * total
-
-
-# --------------------------------------------------------------------------------------------
-# A continuous property of an image, for the multi-task experiment
-# --------------------------------------------------------------------------------------------
-
-
-def ink_width(images: Tensor, side: int = 8) -> Tensor:
-    r"""The horizontal spread of the ink in square grey-scale images, in pixels.
-
-    With intensities :math:`I_{rc} \ge 0` and column index :math:`c`, the width is the
-    ink-weighted standard deviation of the column,
-    :math:`\sqrt{\sum_{rc} I_{rc} (c - \bar c)^2 / \sum_{rc} I_{rc}}` with
-    :math:`\bar c = \sum_{rc} I_{rc}\, c / \sum_{rc} I_{rc}`. A single vertical stroke has width
-    0; a narrow "1" has a small width and a round "0" a large one. It is a nonlinear function
-    of the pixels (a ratio), so a linear model cannot fit it exactly.
-
-    Args:
-        images: shape ``(N, side * side)`` (flattened rows) or ``(N, side, side)``, with
-            non-negative intensities and some ink in every image.
-        side: the image's side length in pixels.
-
-    Shape:
-        - images: ``(N, side * side)`` or ``(N, side, side)``.
-        - output: ``(N,)``.
-
-    Examples:
-        >>> import torch
-        >>> from companion.zoo import ink_width
-        >>> images = torch.zeros(2, 8, 8)
-        >>> images[0, :, 3] = 1.0  # one vertical stroke
-        >>> images[1, :, [0, 7]] = 1.0  # two strokes, 7 pixels apart
-        >>> ink_width(images)
-        tensor([0.0000, 3.5000])
-    """
-    check_int(side, "side", minimum=1)
-    x = check_tensor(images, "images", ndim=(2, 3))
-    if x.dim() == 2:
-        if x.shape[1] != side * side:
-            raise ValueError(
-                f"images must have shape (N, {side * side}) or (N, {side}, {side}), "
-                f"got {tuple(x.shape)}"
-            )
-        x = x.reshape(-1, side, side)
-    elif tuple(x.shape[1:]) != (side, side):
-        raise ValueError(
-            f"images must have shape (N, {side * side}) or (N, {side}, {side}), "
-            f"got {tuple(x.shape)}"
-        )
-    check_finite(x, "images")
-    if bool((x < 0).any()):
-        raise ValueError("images must hold non-negative intensities, got a negative entry")
-    mass = x.sum(dim=(1, 2))
-    if bool((mass <= 0).any()):
-        raise ValueError("images must each contain some ink, got an all-zero image")
-    column = torch.arange(side, dtype=x.dtype, device=x.device)
-    mean = (x * column).sum(dim=(1, 2)) / mass
-    spread = (x * (column - mean[:, None, None]).square()).sum(dim=(1, 2)) / mass
-    return spread.clamp_min(0).sqrt()

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from companion import minmax as MM
+from companion.data import partially_tagged_clusters
 from companion.minmax import (
     DISTANCES,
     LabelEmbeddingClassifier,
     class_separation,
     min_max_loss,
     pairwise_distance,
-    partially_tagged_clusters,
     sample_other_classes,
 )
 from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite

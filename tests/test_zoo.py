@@ -17,6 +17,7 @@ from sklearn.metrics import hinge_loss as sk_hinge_loss
 from torch import Tensor, nn
 
 from companion import zoo as Z
+from companion.data import ink_width
 from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite
 
 values = st.floats(min_value=-50, max_value=50, allow_nan=False)
@@ -675,14 +676,14 @@ def test_ink_width() -> None:
     images[1, :, 4] = 1.0
     images[2, 0, 0] = 1.0  # two dots at columns 0 and 6: spread 3
     images[2, 5, 6] = 1.0
-    torch.testing.assert_close(Z.ink_width(images), torch.tensor([0.0, 1.0, 3.0]).double())
-    torch.testing.assert_close(Z.ink_width(images.reshape(3, 64)), Z.ink_width(images))
+    torch.testing.assert_close(ink_width(images), torch.tensor([0.0, 1.0, 3.0]).double())
+    torch.testing.assert_close(ink_width(images.reshape(3, 64)), ink_width(images))
     with pytest.raises(ValueError, match=r"images must each contain some ink"):
-        Z.ink_width(torch.zeros(1, 64))
+        ink_width(torch.zeros(1, 64))
     with pytest.raises(ValueError, match=r"images must have shape \(N, 64\) or \(N, 8, 8\)"):
-        Z.ink_width(torch.ones(2, 60))
+        ink_width(torch.ones(2, 60))
     with pytest.raises(ValueError, match=r"images must hold non-negative intensities"):
-        Z.ink_width(-torch.ones(1, 64))
+        ink_width(-torch.ones(1, 64))
 
 
 # ------------------------------------------------------------------------------------------
