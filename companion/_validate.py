@@ -266,6 +266,23 @@ def check_in_range(
     return x
 
 
+def check_binary(x: Tensor, name: str, *, hint: str = "") -> Tensor:
+    """Require every entry of ``x`` to be exactly 0 or 1 (a value check; bool always passes).
+
+    The message quotes the first other value; ``hint`` is appended to it.
+    """
+    if x.dtype == torch.bool or not value_checks_enabled():
+        return x
+    if x.is_complex():
+        raise TypeError(f"{name} must hold the labels 0 and 1, got dtype {x.dtype}")
+    bad = (x != 0) & (x != 1)
+    if bool(bad.any()):
+        first = x[bad].flatten()[0]
+        value = float(first) if x.is_floating_point() else int(first)
+        raise ValueError(f"{name} must hold the labels 0 and 1, got {value!r}{hint}")
+    return x
+
+
 def check_probabilities(p: Tensor, name: str, *, dim: int = -1, atol: float = 1e-4) -> Tensor:
     """Require ``p`` to hold probability vectors along ``dim``: entries in [0, 1], sum 1."""
     check_in_range(p, name, 0.0, 1.0, what="probabilities")
@@ -355,5 +372,10 @@ def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> T
         return total
     if weight is None:
         return loss.mean()
-    denominator = torch.broadcast_to(weight, loss.shape).sum()
-    return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return weighted_mean(total, torch.broadcast_to(weight, loss.shape).sum())
+
+
+def weighted_mean(total: Tensor, weight_sum: Tensor) -> Tensor:
+    """``total / weight_sum``, and 0 where ``weight_sum`` is 0 (no weight, no loss), with no
+    host sync: the rule :func:`reduce_loss` applies to every weighted mean of the package."""
+    return total / torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from companion._validate import (
+    Reduction,
     check_class_index,
     check_finite,
     check_reduction,
@@ -138,7 +139,7 @@ def _target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
     return F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
 
 
-def dot_product_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def dot_product_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The negative dot product of the one-hot target and the softmax: :math:`-p_y`.
 
     :math:`L = -\langle e_y, \operatorname{softmax}(z) \rangle = -p_y`, computed as
@@ -176,7 +177,7 @@ def dot_product_loss(logits: Tensor, target: Tensor, reduction: str = "mean") ->
     return reduce_loss(loss, reduction)
 
 
-def inverse_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def inverse_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The inverse of the target probability: :math:`1 / p_y = e^{-\log p_y}`.
 
     Its minimum is 1 (at :math:`p_y = 1`); its gradient with respect to the logits is
@@ -215,7 +216,7 @@ def inverse_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Ten
 
 
 def inverse_power_loss(
-    logits: Tensor, target: Tensor, alpha: float = 0.2, reduction: str = "mean"
+    logits: Tensor, target: Tensor, alpha: float = 0.2, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The power family :math:`(p_y^{-\alpha} - 1)/\alpha`; cross-entropy at :math:`\alpha = 0`.
 

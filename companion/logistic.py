@@ -34,7 +34,9 @@ import torch
 from torch import Tensor
 
 from companion._validate import (
+    Reduction,
     check_batch_size,
+    check_binary,
     check_in_range,
     check_int,
     check_positive,
@@ -44,14 +46,13 @@ from companion._validate import (
     check_shape,
     check_tensor,
     reduce_loss,
-    value_checks_enabled,
 )
 from companion.sigmoid import log1m_sigmoid, log_sigmoid, sigmoid, softplus
 
 __all__ = ["LogisticRegression", "add_intercept", "logistic_gradient", "logistic_loss"]
 
 
-def logistic_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def logistic_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The logistic loss (binary cross-entropy on logits), elementwise, then reduced.
 
     .. math::
@@ -142,9 +143,7 @@ def _as_design(X: object, y: object) -> tuple[Tensor, Tensor]:
     if X.is_floating_point() and not y.is_floating_point():
         if y.is_complex():
             raise TypeError(f"y must hold 0/1 labels, got dtype {y.dtype}")
-        if y.dtype != torch.bool and value_checks_enabled() and bool(((y != 0) & (y != 1)).any()):
-            bad = int(y[(y != 0) & (y != 1)][0])
-            raise ValueError(f"y must hold the labels 0 and 1, got {bad}")
+        check_binary(y, "y")
         y = y.to(dtype=X.dtype, device=X.device)
     return X, y
 

@@ -34,7 +34,9 @@ from torch import Tensor
 
 from companion._numerics import compute_dtype
 from companion._validate import (
+    Reduction,
     check_batch_size,
+    check_binary,
     check_finite,
     check_in_range,
     check_reduction,
@@ -92,7 +94,7 @@ def binary_cross_entropy_with_logits(
     target: Tensor,
     weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Binary cross-entropy on logits, elementwise, optionally weighted, then reduced.
 
@@ -162,7 +164,9 @@ def binary_cross_entropy_with_logits(
     return reduce_loss(loss, reduction)
 
 
-def multilabel_soft_margin_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def multilabel_soft_margin_loss(
+    logits: Tensor, target: Tensor, reduction: Reduction = "mean"
+) -> Tensor:
     r"""The multi-label soft-margin loss: binary cross-entropy averaged over the labels of a sample.
 
     .. math::
@@ -275,10 +279,7 @@ def _as_label_matrix(x: object, name: str) -> Tensor:
     assert isinstance(x, Tensor)  # for mypy
     if x.dtype == torch.bool:
         return x
-    if x.is_complex() or not bool(((x == 0) | (x == 1)).all()):
-        bad = x[(x != 0) & (x != 1)]
-        got = f"{float(bad.flatten()[0]):.6g}" if bad.numel() else f"dtype {x.dtype}"
-        raise ValueError(f"{name} must hold hard labels 0 or 1, got {got}")
+    check_binary(x, name)
     return x != 0
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from companion._numerics import compute_dtype
 from companion._validate import (
+    Reduction,
     check_batch_size,
     check_class_index,
     check_finite,
@@ -307,16 +308,15 @@ def _coefficients(
 
 
 def _denominator(batch: int, sample_weight: Tensor | None) -> Tensor | int:
-    """What ``reduction="mean"`` divides by: the batch size, or the sum of the target weights."""
+    """What ``reduction="mean"`` divides by: the batch size, or the sum of the target weights.
+
+    Where every target weight is zero the weighted mean is 0 (the package's one rule, see
+    :func:`companion._validate.weighted_mean`); torch returns NaN there.
+    """
     if sample_weight is None:
         return batch
     total = sample_weight.sum()
-    if float(total) == 0.0:
-        raise ValueError(
-            "weight is zero for the target class of every sample, so the weighted mean "
-            "(sum of losses / sum of target weights) is 0/0; use reduction='sum' or other weights"
-        )
-    return total
+    return torch.where(total > 0, total, torch.ones_like(total))
 
 
 def cross_entropy(
@@ -324,7 +324,7 @@ def cross_entropy(
     target: Tensor,
     weight: Tensor | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Softmax cross-entropy between logits and a target, with the semantics of
     :func:`torch.nn.functional.cross_entropy`.
@@ -421,7 +421,7 @@ def cross_entropy_grad(
     target: Tensor,
     weight: Tensor | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""The analytic gradient of :func:`cross_entropy` with respect to ``logits``.
 

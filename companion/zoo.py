@@ -37,6 +37,8 @@ from torch import Tensor, nn
 
 from companion._validate import (
     REDUCTIONS,
+    Reduction,
+    check_binary,
     check_class_index,
     check_finite,
     check_in_range,
@@ -47,6 +49,7 @@ from companion._validate import (
     check_same_shape,
     check_tensor,
     reduce_loss,
+    value_checks_enabled,
 )
 
 __all__ = [
@@ -118,7 +121,7 @@ def _margin_violations(input: Tensor, target: Tensor, margin: float) -> Tensor:
 
 
 def multiclass_hinge_loss(
-    input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean"
+    input: Tensor, target: Tensor, margin: float = 1.0, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The multiclass SVM (hinge) loss of Weston and Watkins (1999).
 
@@ -162,7 +165,7 @@ def multiclass_hinge_loss(
 
 
 def squared_hinge_loss(
-    input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean"
+    input: Tensor, target: Tensor, margin: float = 1.0, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The squared multiclass hinge loss (the "L2-SVM" loss).
 
@@ -203,7 +206,7 @@ def squared_hinge_loss(
 
 
 def binary_hinge_loss(
-    input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean"
+    input: Tensor, target: Tensor, margin: float = 1.0, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The binary hinge loss with labels in :math:`\{0, 1\}`, elementwise.
 
@@ -237,11 +240,11 @@ def binary_hinge_loss(
     check_reduction(reduction)
     x, y = _check_pair(input, target)
     check_positive(margin, "margin", allow_zero=True)
-    if bool(((y != 0) & (y != 1)).any()):
-        raise ValueError(
-            "target must hold labels 0.0 or 1.0 (they are mapped to -1 and +1), got other "
-            "values; for labels in {-1, +1} pass (target + 1) / 2"
-        )
+    check_binary(
+        y,
+        "target",
+        hint=" (they are mapped to -1 and +1; for labels in {-1, +1} pass (target + 1) / 2)",
+    )
     return reduce_loss(torch.clamp(margin - (2 * y - 1) * x, min=0), reduction)
 
 
@@ -250,7 +253,7 @@ def binary_hinge_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def mse_loss(input: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The squared error :math:`(x - y)^2`, elementwise, then reduced.
 
     ``"mean"`` is the mean squared error over *all elements*, as in
@@ -281,7 +284,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     return reduce_loss((x - y).square(), reduction)
 
 
-def absolute_difference(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def absolute_difference(input: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The absolute error :math:`|x - y|` (L1 loss), elementwise, then reduced.
 
     torch: :func:`torch.nn.functional.l1_loss`; TF-Slim: ``absolute_difference``. The
@@ -313,7 +316,7 @@ def absolute_difference(input: Tensor, target: Tensor, reduction: str = "mean") 
 
 
 def huber_loss(
-    input: Tensor, target: Tensor, delta: float = 1.0, reduction: str = "mean"
+    input: Tensor, target: Tensor, delta: float = 1.0, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The Huber loss (Huber, 1964): quadratic near 0, linear beyond :math:`\delta`.
 
@@ -358,7 +361,9 @@ def huber_loss(
     return reduce_loss(0.5 * q.square() + delta * (r - q), reduction)
 
 
-def log_loss(input: Tensor, target: Tensor, eps: float = 1e-7, reduction: str = "mean") -> Tensor:
+def log_loss(
+    input: Tensor, target: Tensor, eps: float = 1e-7, reduction: Reduction = "mean"
+) -> Tensor:
     r"""The log loss on probabilities, as TF-Slim defines it, elementwise, then reduced.
 
     .. math::
@@ -409,7 +414,7 @@ def log_loss(input: Tensor, target: Tensor, eps: float = 1e-7, reduction: str = 
 
 
 def cosine_distance(
-    input: Tensor, target: Tensor, dim: int = 1, eps: float = 1e-8, reduction: str = "mean"
+    input: Tensor, target: Tensor, dim: int = 1, eps: float = 1e-8, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The cosine distance :math:`1 - \cos(x, y)` along ``dim``, then reduced.
 
@@ -466,7 +471,9 @@ def cosine_distance(
     return reduce_loss(1 - (x_unit * y_unit).sum(dim=dim), reduction)
 
 
-def mean_pairwise_squared_error(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def mean_pairwise_squared_error(
+    input: Tensor, target: Tensor, reduction: Reduction = "mean"
+) -> Tensor:
     r"""The mean over pairs of the squared difference of pairwise differences, per sample.
 
     For one sample with predictions :math:`x_1, \dots, x_n` and targets :math:`y_1, \dots, y_n`
@@ -721,7 +728,7 @@ class MultiTaskLoss(nn.Module):
             check_same_dtype_device(losses[0], "losses[0]", loss, f"losses[{t}]")
         stacked = torch.stack(list(losses))
         check_finite(stacked, "losses")
-        if self.learned and bool((stacked < 0).any()):
+        if self.learned and value_checks_enabled() and bool((stacked < 0).any()):
             raise ValueError(
                 "losses must be non-negative with learned weights (a negative task loss makes "
                 f"the objective unbounded below), got {[float(v) for v in stacked]}"

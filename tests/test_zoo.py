@@ -703,7 +703,11 @@ BAD_INPUT: list[tuple[Callable[[], object], type[Exception], str]] = [
     (lambda: Z.multiclass_hinge_loss(s2, t2, margin=-1), ValueError, r"margin must be a finite"),
     (lambda: Z.squared_hinge_loss(s2[0], t2), ValueError, r"input must have 2 dimension"),
     (lambda: Z.multiclass_hinge_loss(s2, t2, reduction="avg"), ValueError, r"reduction must be"),
-    (lambda: Z.binary_hinge_loss(x2, 2 * y2 - 1), ValueError, r"target must hold labels 0.0 or"),
+    (
+        lambda: Z.binary_hinge_loss(x2, 2 * y2 - 1),
+        ValueError,
+        r"target must hold the labels 0 and 1, got",
+    ),
     (lambda: Z.binary_hinge_loss(x2, (y2 > 0.5).long()), TypeError, r"target must be a floating"),
     (lambda: Z.mse_loss(x2, y2[:2]), ValueError, r"target must have the same shape as input"),
     (lambda: Z.mse_loss(x2, y2.double()), TypeError, r"target must have the same dtype as input"),
