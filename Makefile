@@ -41,8 +41,8 @@ book: nbval
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
 # A quick look at one chapter while writing it: the whole site is built into
-# _build/pages/NAME, but only PAGE and the errata are executed, so glue references into the
-# other (unexecuted) chapters are not reported. `make book` checks everything.
+# _build/pages/NAME, but only PAGE and the errata are executed, so glue and figure references into
+# the other (unexecuted) chapters are not reported. `make book` checks everything.
 #   make page PAGE=book/nce.md
 page: $(STAMP)
 	@test -n "$(PAGE)" || { echo "usage: make page PAGE=book/<chapter>.md"; exit 2; }
