@@ -328,6 +328,13 @@ def render(
                 f"| {extra} | {m_ratio} | {r['weight_bytes'] / MIB:,.0f} |"
             )
     lines.append("")
+    if quick:
+        lines.append(
+            "The targets are set for C = 1,000,000, where the logits and the normalised weight "
+            "dwarf the chunked head's fixed tiles; at the small C of a quick run they only "
+            "show that the script works."
+        )
+        lines.append("")
     lines.extend(verdicts(rows, plan[-1][0]))
     return "\n".join(lines) + "\n"
 
