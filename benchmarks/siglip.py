@@ -214,7 +214,7 @@ def main() -> None:
     ratio = subprocess_json(["--ratio-worker", str(ratio_plan[0]), str(ratio_plan[1])])
     print(f"interleaved at B={ratio_plan[0]}: chunked / floor = {ratio['ratio']:.2f}", flush=True)
 
-    table = render(rows, plan, ratio, ratio_plan[0], load)
+    table = render(rows, plan, ratio, ratio_plan[0], load, quick=args.quick)
     print()
     print(table)
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
@@ -230,8 +230,18 @@ def render(
     ratio: dict[str, float],
     ratio_batch: int,
     load: float,
+    quick: bool = False,
 ) -> str:
     lines = [
+        *(
+            [
+                "**Quick run** (`--quick`: small batches, a check of the script, not a measurement "
+                "of the targets; the full run replaces this file).",
+                "",
+            ]
+            if quick
+            else []
+        ),
         f"SigLIP loss, forward + backward, {DIM} float32 features, chunked with "
         f"`chunk_size={CHUNK}`; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.machine()}; 1-minute load average {load:.2f} at the start. Time: median "

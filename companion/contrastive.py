@@ -402,6 +402,16 @@ def _tile_logits(
     return rows if bias is None else rows.add_(bias.to(out.dtype))
 
 
+def _tile_logsumexp(logits: Tensor, dim: int, work: Tensor) -> Tensor:
+    """logsumexp of a finite tile along ``dim``, using ``work`` (same shape) as scratch space.
+
+    ``torch.logsumexp`` allocates a tile-sized temporary on every call; this reuses ``work``.
+    """
+    top = logits.amax(dim=dim, keepdim=True)
+    torch.sub(logits, top, out=work).exp_()
+    return work.sum(dim=dim).log_().add_(top.squeeze(dim))
+
+
 def _refuse_double_backward(where: str) -> None:
     """Raise if a tiled backward runs with ``create_graph=True`` (grad mode is then on)."""
     if torch.is_grad_enabled():
@@ -460,11 +470,13 @@ class _TiledCrossEntropy(torch.autograd.Function):
         logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
         row_lse = torch.empty(m, dtype=acc, device=queries.device)
         col_lse = torch.full((n if with_columns else 0,), -math.inf, dtype=acc, device=keys.device)
+        work_buf = torch.empty_like(logits_buf)
         for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
-            row_lse[start:stop] = torch.logsumexp(logits, dim=1)
+            work = work_buf[: stop - start]
+            row_lse[start:stop] = _tile_logsumexp(logits, 1, work)
             if with_columns:
-                torch.logaddexp(col_lse, torch.logsumexp(logits, dim=0), out=col_lse)
+                torch.logaddexp(col_lse, _tile_logsumexp(logits, 0, work), out=col_lse)
         positive = (scaled.to(acc) * keys[offset : offset + m].to(acc)).sum(dim=1)
         total = row_lse.sum() - positive.sum()
         if with_columns:
@@ -493,6 +505,8 @@ class _TiledCrossEntropy(torch.autograd.Function):
         d_queries = torch.empty_like(queries) if need_q else None
         d_keys = torch.zeros(keys.shape, dtype=acc, device=keys.device) if need_k else None
         d_scale = torch.zeros((), dtype=acc, device=queries.device)
+        grad_keys_buf = torch.empty((min(chunk, m), keys.shape[1]), dtype=dtype, device=keys.device)
+        gs = (g * s).to(dtype)
         for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
             grad = grad_buf[: stop - start]
@@ -503,11 +517,13 @@ class _TiledCrossEntropy(torch.autograd.Function):
             grad[rows, rows + (offset + start)] -= positives
             # grad is d total / d logits for this tile, before the factor g
             grad_mm = grad if grad.dtype == dtype else grad.to(dtype)
-            grad_keys = torch.mm(grad_mm, keys)  # G K, shape (tile, D)
+            grad_keys = torch.mm(grad_mm, keys, out=grad_keys_buf[: stop - start])  # G K
             if d_queries is not None:
-                d_queries[start:stop] = grad_keys * (g * s).to(dtype)
+                torch.mul(grad_keys, gs, out=d_queries[start:stop])
             if need_s:
-                d_scale += (queries[start:stop].to(acc) * grad_keys.to(acc)).sum()
+                d_scale += torch.vdot(
+                    queries[start:stop].flatten().to(acc), grad_keys.flatten().to(acc)
+                )
             if d_keys is not None:
                 if d_keys.dtype == dtype:
                     d_keys.addmm_(grad_mm.T, scaled[start:stop])
