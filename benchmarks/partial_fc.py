@@ -240,7 +240,7 @@ def main() -> None:
     if args.quick:
         plan = [(4_000, 2), (40_000, 1)]
     else:
-        plan = [(10_000, 5), (100_000, 3), (1_000_000, 1)]
+        plan = [(10_000, 3), (100_000, 2), (1_000_000, 1)]
     budget = args.budget_gib * GIB
     rows: dict[tuple[int, str], dict[str, float]] = {}
     skipped: dict[tuple[int, str], str] = {}
