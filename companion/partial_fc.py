@@ -476,7 +476,7 @@ def sample_classes(
         owned: ``(B,)`` bool: whether the row's class lives in this shard.
         num_local: number of classes in this shard.
         num_sampled: how many to keep; at least the number of distinct owned positives.
-        generator: the random generator (reproducible draws).
+        generator: the random generator (reproducible draws), on the device of ``target``.
 
     Returns:
         The sorted indices of the kept classes, shape ``(num_sampled,)``.
@@ -557,7 +557,8 @@ def partial_fc_loss(
         num_classes: the number of classes in all shards; by default ``weight.shape[0]``
             (required with ``group``).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (over the global batch).
-        generator: draws the sampled classes.
+        generator: draws the sampled classes (a ``torch.Generator`` on the features' device;
+            each rank passes its own). ``None`` uses torch's global generator.
         return_sampled: also return the sorted local indices of the kept classes (all of them
             for ``sample_rate=1``).
 
@@ -700,7 +701,7 @@ class PartialFC(nn.Module):
     only like :math:`(\beta_1/\sqrt{\beta_2})^k`. insightface's first Partial FC kept a separate
     momentum bank and handed the optimiser only the drawn rows (undrawn rows frozen, their
     momentum resumed when drawn again); its ``PartialFC_V2`` indexes the parameter directly,
-    so the optimiser keeps moving undrawn rows, as here. The chapter measures the difference.
+    so the optimiser keeps moving undrawn rows, as here (the chapter checks it step by step).
 
     Args:
         in_features: feature dimension ``D``.
