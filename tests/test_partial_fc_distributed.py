@@ -5,7 +5,8 @@ small backbone is wrapped in DistributedDataParallel, the head is not. Every ran
 the loss of one process holding the whole batch and all centres (companion.margin's ArcFace /
 AM-Softmax head), every backbone parameter must have the single-process gradient after DDP's
 averaging, and every weight shard must have its slice of the single-process weight gradient:
-chunked or not, equal or unequal local batches. With sampling, the reference is the same head
+chunked or not, equal or unequal local batches, mean or per-row losses (`reduction="none"`
+returns the global batch's 12 losses on every rank). With sampling, the reference is the same head
 over the union of the centres the ranks kept.
 """
 
@@ -28,13 +29,14 @@ from companion.partial_fc import PartialFC, shard_range
 F64 = torch.float64
 BATCH, IN, EMBED, CLASSES = 12, 5, 4, 40
 MARGINS = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.35)}
-# name -> (local batch sizes by world size, chunk_size, margin, sample_rate)
-CASES: dict[str, tuple[dict[int, tuple[int, ...]], int | None, str, float]] = {
-    "equal, full logits, arcface": ({2: (6, 6), 3: (4, 4, 4)}, None, "arcface", 1.0),
-    "equal, chunks of 2, cosface": ({2: (6, 6), 3: (4, 4, 4)}, 2, "cosface", 1.0),
-    "unequal, chunks of 3, arcface": ({2: (8, 4), 3: (7, 1, 4)}, 3, "arcface", 1.0),
-    "unequal, full logits, cosface": ({2: (3, 9), 3: (2, 6, 4)}, None, "cosface", 1.0),
-    "unequal, sampled, chunks of 2": ({2: (8, 4), 3: (7, 1, 4)}, 2, "arcface", 0.5),
+# name -> (local batch sizes by world size, chunk_size, margin, sample_rate, reduction)
+CASES: dict[str, tuple[dict[int, tuple[int, ...]], int | None, str, float, str]] = {
+    "equal, full logits, arcface": ({2: (6, 6), 3: (4, 4, 4)}, None, "arcface", 1.0, "mean"),
+    "equal, chunks of 2, cosface": ({2: (6, 6), 3: (4, 4, 4)}, 2, "cosface", 1.0, "mean"),
+    "unequal, chunks of 3, arcface": ({2: (8, 4), 3: (7, 1, 4)}, 3, "arcface", 1.0, "mean"),
+    "unequal, full logits, cosface": ({2: (3, 9), 3: (2, 6, 4)}, None, "cosface", 1.0, "mean"),
+    "unequal, sampled, chunks of 2": ({2: (8, 4), 3: (7, 1, 4)}, 2, "arcface", 0.5, "mean"),
+    "unequal, chunks of 5, per row": ({2: (8, 4), 3: (7, 1, 4)}, 5, "cosface", 1.0, "none"),
 }
 
 
@@ -67,7 +69,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         inputs, labels, centres = problem()
         results = {}
-        for name, (sizes_by_world, chunk, margin, rate) in CASES.items():
+        for name, (sizes_by_world, chunk, margin, rate, reduction) in CASES.items():
             sizes = sizes_by_world[world]
             net = backbone()
             ddp = DistributedDataParallel(net)
@@ -79,6 +81,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 sample_rate=rate,
                 chunk_size=chunk,
                 group=dist.group.WORLD,
+                reduction=reduction,
                 dtype=F64,
             )
             head.weight.data = centres[head.class_start : head.class_start + head.num_local].clone()
@@ -86,7 +89,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
             local = slice(start, start + sizes[rank])
             gen = torch.Generator().manual_seed(10 + rank)
             loss = head(ddp(inputs[local]), labels[local], generator=gen)
-            loss.backward()
+            loss.sum().backward()  # "none": the (12,) losses of the global batch on every rank
             kept = head.last_sampled
             results[name] = {
                 "loss": loss.detach(),
@@ -107,15 +110,24 @@ def free_port() -> int:
         return port
 
 
-def single_process(margin: str, classes: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+def single_process(
+    margin: str, classes: Tensor, reduction: str
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Loss, backbone gradients and the weight gradient of one process, over ``classes``."""
     inputs, labels, centres = problem()
     net = backbone()
     kind = M.ArcFaceLoss if margin == "arcface" else M.AMSoftmaxLoss
-    head = kind(EMBED, classes.numel(), margin=MARGINS[margin][1] or 0.35, scale=6.0, dtype=F64)
+    head = kind(
+        EMBED,
+        classes.numel(),
+        margin=MARGINS[margin][1] or 0.35,
+        scale=6.0,
+        reduction=reduction,
+        dtype=F64,
+    )
     head.weight.data = centres[classes].clone()
     loss = head(net(inputs), torch.searchsorted(classes, labels))
-    loss.backward()
+    loss.sum().backward()
     grad = torch.zeros_like(centres)
     grad[classes] = head.weight.grad
     return loss.detach(), gradients(net), grad
@@ -125,7 +137,7 @@ def single_process(margin: str, classes: Tensor) -> tuple[Tensor, dict[str, Tens
 def test_sharded_head_matches_one_process(world: int, tmp_path: Path) -> None:
     mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    for name, (_, _, margin, rate) in CASES.items():
+    for name, (_, _, margin, rate, reduction) in CASES.items():
         if rate < 1:
             kept = torch.cat([ranks[r][name]["kept"] for r in range(world)])
             _, labels, _ = problem()
@@ -133,7 +145,7 @@ def test_sharded_head_matches_one_process(world: int, tmp_path: Path) -> None:
             assert kept.numel() == world * BATCH < CLASSES, name  # 12 of each shard's 13-20
         else:
             kept = torch.arange(CLASSES)
-        loss, backbone_grads, weight_grad = single_process(margin, kept)
+        loss, backbone_grads, weight_grad = single_process(margin, kept, reduction)
         assert set(backbone_grads) == {"0.weight", "0.bias", "2.weight", "2.bias"}
         for r in range(world):
             got = ranks[r][name]
