@@ -513,8 +513,8 @@ class SigLipLoss(nn.Module):
         return siglip_loss(
             image_features,
             text_features,
-            self.logit_scale.to(image_features.dtype),
-            self.bias.to(image_features.dtype),
+            self.logit_scale,
+            self.bias,
             self.chunk_size,
             batch_sizes=batch_sizes,
         )
