@@ -17,9 +17,10 @@ pass of a production loss makes no host sync and compiles with ``torch.compile(f
 The functions :func:`companion.sigmoid.sigmoid` and :func:`companion.softmax.softmax` are not
 re-exported: their names belong to their modules (``companion.sigmoid``, ``companion.softmax``).
 
-Shared helpers, not re-exported here (they are for the book): :mod:`companion.data` (seeding and
-data generators), :mod:`companion.plot` (the book's figure style, needs matplotlib) and
-:mod:`companion.train` (a small training loop).
+Shared helpers, not re-exported here (they are for the book and for experiments):
+:mod:`companion.data` (seeding and data generators), :mod:`companion.metrics` (evaluation
+numbers such as retrieval accuracy), :mod:`companion.plot` (the book's figure style, needs
+matplotlib) and :mod:`companion.train` (a small training loop).
 
 Examples:
     >>> import torch, companion as cp
@@ -36,8 +37,6 @@ from companion.contrastive import (
     clip_loss,
     contrastive_loss,
     info_nce_loss,
-    paired_views,
-    retrieval_accuracy,
     soft_target_clip_loss,
     supervised_contrastive_loss,
     triplet_loss,
@@ -207,12 +206,10 @@ __all__ = [
     "nce_loss",
     "negative_sampling_loss",
     "num_sampled_classes",
-    "paired_views",
     "pairwise_distance",
     "partial_fc_loss",
     "per_label_f1",
     "predict_labels",
-    "retrieval_accuracy",
     "sample_classes",
     "sample_other_classes",
     "sampled_softmax_loss",

@@ -283,6 +283,53 @@ def check_binary(x: Tensor, name: str, *, hint: str = "") -> Tensor:
     return x
 
 
+def check_integer_labels(labels: object, name: str, batch: int, like: Tensor) -> Tensor:
+    """A ``(batch,)`` tensor of integer labels of any value (not class indices into a fixed
+    range: SupCon's labels, retrieval groups), on ``like``'s device."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of integer labels, got {type(labels).__name__}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
+    check_shape(labels, name, (batch,))
+    if labels.device != like.device:
+        raise ValueError(f"{name} must be on {like.device}, got {labels.device}")
+    return labels
+
+
+def scalar_argument(value: object, name: str, like: Tensor, *, positive: bool) -> Tensor:
+    """A scalar hyper-parameter given as a Python number or a one-element tensor, as a 0-d tensor.
+
+    A tensor keeps its autograd graph (a learned scale or bias receives its gradient); reading
+    its value (positivity, finiteness) is a value check. A Python number becomes a 0-d tensor
+    of ``like``'s dtype and device. A bare :class:`torch.nn.Parameter` is refused for a
+    positive scale: a learned temperature is usually stored as its log (open_clip's
+    ``model.logit_scale``), which would silently be used as the scale itself.
+    """
+    if isinstance(value, Tensor):
+        if positive and isinstance(value, torch.nn.Parameter):
+            raise TypeError(
+                f"{name} is an nn.Parameter; {name} is the scale s itself, while a learned "
+                f"temperature is usually stored as its log (open_clip's model.logit_scale): pass "
+                f"{name}=param.exp() (or use the loss's module, which owns the log-parameter)"
+            )
+        check_tensor(value, name)
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a scalar (a 0-d or one-element tensor), got shape {_shape(value)}"
+            )
+        if value.device != like.device and value.dim() > 0:
+            raise ValueError(f"{name} must be on {like.device}, got {value.device}")
+        if positive and value_checks_enabled():
+            check_positive(value.detach(), name)
+        return value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    number = check_positive(value, name) if positive else check_real(value, name)
+    return torch.tensor(number, dtype=like.dtype, device=like.device)
+
+
 def check_probabilities(p: Tensor, name: str, *, dim: int = -1, atol: float = 1e-4) -> Tensor:
     """Require ``p`` to hold probability vectors along ``dim``: entries in [0, 1], sum 1."""
     check_in_range(p, name, 0.0, 1.0, what="probabilities")

@@ -40,11 +40,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._numerics import compute_dtype
 from companion._validate import (
     Reduction,
     check_batch_size,
+    check_binary,
     check_finite,
     check_int,
+    check_integer_labels,
     check_positive,
     check_reduction,
     check_same_dtype_device,
@@ -52,7 +55,7 @@ from companion._validate import (
     check_shape,
     check_tensor,
     reduce_loss,
-    value_checks_enabled,
+    scalar_argument,
 )
 
 __all__ = [
@@ -60,8 +63,6 @@ __all__ = [
     "clip_loss",
     "contrastive_loss",
     "info_nce_loss",
-    "paired_views",
-    "retrieval_accuracy",
     "soft_target_clip_loss",
     "supervised_contrastive_loss",
     "triplet_loss",
@@ -85,68 +86,16 @@ def _check_pair(a: Tensor, name_a: str, b: Tensor, name_b: str) -> None:
     check_finite(b, name_b)
 
 
-def _scale_argument(value: object, name: str, like: Tensor) -> Tensor:
-    """A positive scalar given as a Python number or a scalar tensor, as a 0-d tensor.
-
-    A tensor keeps its autograd graph (so it receives a gradient). Its positivity is a value
-    check (it reads the tensor: a host sync), so it runs only while value checks are enabled. A
-    bare :class:`torch.nn.Parameter` is refused: open_clip's ``model.logit_scale`` is such a
-    parameter and holds the *log* of the scale, which would be silently used as the scale.
-    """
-    if isinstance(value, nn.Parameter):
-        raise TypeError(
-            f"{name} is an nn.Parameter; {name} is the scale s itself, while a learned "
-            f"temperature is usually stored as its log (open_clip's model.logit_scale): pass "
-            f"{name}=param.exp() (or use the loss's module, which owns the log-parameter)"
-        )
-    if isinstance(value, Tensor):
-        check_tensor(value, name)
-        if value.numel() != 1:
-            raise ValueError(
-                f"{name} must be a scalar (a 0-d or one-element tensor), "
-                f"got shape {tuple(value.shape)}"
-            )
-        if value.device != like.device and value.dim() > 0:
-            raise ValueError(f"{name} must be on {like.device}, got {value.device}")
-        if value_checks_enabled():
-            check_positive(value.detach(), name)
-        return value.reshape(())
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
-    return torch.tensor(check_positive(value, name), dtype=like.dtype, device=like.device)
-
-
 def _binary_mask(same: object, name: str, like: Tensor) -> Tensor:
-    """A ``(B,)`` bool or 0/1 tensor on ``like``'s device, as ``like``'s dtype.
-
-    The 0/1 test reads the values, so it is a value check. (A generic ``check_binary`` would
-    belong in :mod:`companion._validate`.)
-    """
+    """A ``(B,)`` bool or 0/1 tensor on ``like``'s device, as ``like``'s dtype."""
     check_tensor(same, name, ndim=1, floating=False)
     assert isinstance(same, Tensor)
     check_shape(same, name, (like.shape[0],))
-    if same.is_complex():
-        raise TypeError(f"{name} must be bool or real, got dtype {same.dtype}")
     if same.device != like.device:
         raise ValueError(
             f"{name} must be on the same device as x1 ({like.device}), got {same.device}"
         )
-    values = same.to(like.dtype)
-    if value_checks_enabled() and bool(((values != 0) & (values != 1)).any()):
-        raise ValueError(f"{name} must hold only 0 and 1 (or False and True)")
-    return values
-
-
-def _integer_labels(labels: object, name: str, batch: int, like: Tensor) -> Tensor:
-    """A ``(batch,)`` tensor of integer labels (any values) on ``like``'s device."""
-    check_tensor(labels, name, ndim=1, floating=False)
-    assert isinstance(labels, Tensor)
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer labels, got dtype {labels.dtype}")
-    check_shape(labels, name, (batch,))
-    if labels.device != like.device:
-        raise ValueError(f"{name} must be on {like.device}, got {labels.device}")
-    return labels
+    return check_binary(same, name).to(like.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +301,7 @@ def supervised_contrastive_loss(
     check_positive(temperature, "temperature")
     check_reduction(reduction)
     n = features.shape[0]
-    y = _integer_labels(labels, "labels", n, features)
+    y = check_integer_labels(labels, "labels", n, features)
     if features.dim() == 3:
         views = features.shape[1]
         z = features.transpose(0, 1).reshape(n * views, features.shape[2])
@@ -377,11 +326,6 @@ def supervised_contrastive_loss(
 # --------------------------------------------------------------------------------------------
 # Row tiles of a B x B logit matrix: shared by the CLIP and the SigLIP losses
 # --------------------------------------------------------------------------------------------
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half and bfloat16 (softmax statistics need it), the dtype itself otherwise."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _row_tiles(rows: int, chunk: int) -> list[tuple[int, int]]:
@@ -463,7 +407,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
         with_columns: bool,
         chunk: int,
     ) -> Tensor:
-        acc = _accumulation_dtype(queries.dtype)
+        acc = compute_dtype(queries.dtype)
         m, n = queries.shape[0], keys.shape[0]
         keys_t = keys.T
         scaled = queries * scale.to(queries.dtype)  # folding s into Q: O(mD), not O(mn)
@@ -493,7 +437,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
         queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
         offset, with_columns, chunk = ctx.offset, ctx.with_columns, ctx.chunk
         need_q, need_k, need_s = ctx.needs_input_grad[:3]
-        dtype, acc = queries.dtype, _accumulation_dtype(queries.dtype)
+        dtype, acc = queries.dtype, compute_dtype(queries.dtype)
         s = scale.to(dtype)
         g = grad_total.to(acc)
         m, n = queries.shape[0], keys.shape[0]
@@ -723,7 +667,7 @@ def clip_loss(
         True
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
-    scale = _scale_argument(logit_scale, "logit_scale", image_features)
+    scale = scalar_argument(logit_scale, "logit_scale", image_features, positive=True)
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", minimum=1)
     rank, world = _process_group_size(gather)
@@ -792,7 +736,7 @@ def soft_target_clip_loss(
         True
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
-    scale = _scale_argument(logit_scale, "logit_scale", image_features)
+    scale = scalar_argument(logit_scale, "logit_scale", image_features, positive=True)
     if target_scale is None:
         t: Tensor | float = scale.detach()
     else:
@@ -901,103 +845,3 @@ class ClipLoss(nn.Module):
             f"temperature={temperature:.4g}, max_scale={self.max_scale:g}, "
             f"chunk_size={self.chunk_size}"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic paired data and retrieval
-# --------------------------------------------------------------------------------------------
-
-
-def paired_views(
-    n: int,
-    *,
-    latent_dim: int = 8,
-    dims: tuple[int, int] = (32, 24),
-    noise: float = 0.5,
-    n_latents: int | None = None,
-    mixing_seed: int = 0,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Two "modalities" observed from a shared latent, for contrastive experiments.
-
-    Each pair shares a latent :math:`z \sim \mathcal N(0, I)`; the first view is
-    :math:`\tanh(z A) + \sigma\varepsilon_1`, the second :math:`z B + \sigma\varepsilon_2`
-    with fixed random maps ``A``, ``B`` (drawn from ``mixing_seed``, so that every call
-    produces the same two modalities) and independent noise. A good pair of encoders maps
-    both views of a pair close together and the other pairs away.
-
-    Args:
-        n: number of pairs.
-        latent_dim: dimension of the shared latent.
-        dims: dimensions of the two views.
-        noise: standard deviation :math:`\sigma \ge 0` of the view noise.
-        n_latents: if given, only this many distinct latents are drawn and the ``n`` pairs
-            pick among them at random: pairs with the same latent are near-duplicates.
-        mixing_seed: seed of the two fixed maps.
-        generator: draws the latents and the noise.
-
-    Returns:
-        ``(view_a, view_b, group)``: float32 tensors and ``group``, the index of each pair's
-        latent.
-
-    Shape:
-        - view_a: ``(n, dims[0])``; view_b: ``(n, dims[1])``; group: ``(n,)``, int64.
-
-    Examples:
-        >>> import torch
-        >>> from companion.contrastive import paired_views
-        >>> a, b, group = paired_views(5, generator=torch.Generator().manual_seed(0))
-        >>> a.shape, b.shape, group.tolist()
-        (torch.Size([5, 32]), torch.Size([5, 24]), [0, 1, 2, 3, 4])
-    """
-    check_int(n, "n", minimum=1)
-    check_int(latent_dim, "latent_dim", minimum=1)
-    check_int(dims[0], "dims[0]", minimum=1)
-    check_int(dims[1], "dims[1]", minimum=1)
-    check_positive(noise, "noise", allow_zero=True)
-    mixing = torch.Generator().manual_seed(mixing_seed)
-    map_a = torch.randn(latent_dim, dims[0], generator=mixing) / math.sqrt(latent_dim)
-    map_b = torch.randn(latent_dim, dims[1], generator=mixing) / math.sqrt(latent_dim)
-    if n_latents is None:
-        latents = torch.randn(n, latent_dim, generator=generator)
-        group = torch.arange(n)
-    else:
-        check_int(n_latents, "n_latents", minimum=1)
-        distinct = torch.randn(n_latents, latent_dim, generator=generator)
-        group = torch.randint(n_latents, (n,), generator=generator)
-        latents = distinct[group]
-    view_a = torch.tanh(latents @ map_a) + noise * torch.randn(n, dims[0], generator=generator)
-    view_b = latents @ map_b + noise * torch.randn(n, dims[1], generator=generator)
-    return view_a, view_b, group
-
-
-def retrieval_accuracy(query: Tensor, keys: Tensor, group: Tensor | None = None) -> float:
-    """Top-1 retrieval accuracy: the fraction of queries whose most similar key is their own.
-
-    Similarity is the dot product (pass normalised features for the cosine). With ``group``,
-    retrieving any key of the same group (a duplicate) also counts as correct. A metric, not a
-    loss: it returns a Python float (one host sync).
-
-    Args:
-        query, keys: query ``i``'s match is key ``i``.
-        group: optional integer group of each pair.
-
-    Shape:
-        - query, keys: ``(B, D)``; group: ``(B,)``.
-        - output: a Python float in ``[0, 1]``.
-
-    Examples:
-        >>> import torch
-        >>> from companion.contrastive import retrieval_accuracy
-        >>> x = torch.eye(3)
-        >>> retrieval_accuracy(x, x), retrieval_accuracy(x, x.roll(1, 0))
-        (1.0, 0.0)
-    """
-    _check_pair(query, "query", keys, "keys")
-    best = (query @ keys.T).argmax(dim=1)
-    if group is None:
-        hits = best == torch.arange(query.shape[0], device=query.device)
-    else:
-        g = _integer_labels(group, "group", query.shape[0], query)
-        hits = g[best] == g
-    return float(hits.double().mean())

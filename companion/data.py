@@ -8,6 +8,7 @@ ones.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ __all__ = [
     "load_breast_cancer",
     "load_digits",
     "logistic_noise",
+    "paired_views",
     "partially_tagged_clusters",
     "seed_everything",
     "split_train_test",
@@ -303,3 +305,66 @@ def partially_tagged_clusters(
     coin = (torch.rand(3 * n_per_cluster, generator=generator) < 0.5).long()
     tag = torch.where(cluster == 2, coin, cluster)
     return x, tag, cluster
+
+
+def paired_views(
+    n: int,
+    *,
+    latent_dim: int = 8,
+    dims: tuple[int, int] = (32, 24),
+    noise: float = 0.5,
+    n_latents: int | None = None,
+    mixing_seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Two "modalities" observed from a shared latent, for contrastive experiments.
+
+    Each pair shares a latent :math:`z \sim \mathcal N(0, I)`; the first view is
+    :math:`\tanh(z A) + \sigma\varepsilon_1`, the second :math:`z B + \sigma\varepsilon_2`
+    with fixed random maps ``A``, ``B`` (drawn from ``mixing_seed``, so that every call
+    produces the same two modalities) and independent noise. A good pair of encoders maps
+    both views of a pair close together and the other pairs away.
+
+    Args:
+        n: number of pairs.
+        latent_dim: dimension of the shared latent.
+        dims: dimensions of the two views.
+        noise: standard deviation :math:`\sigma \ge 0` of the view noise.
+        n_latents: if given, only this many distinct latents are drawn and the ``n`` pairs
+            pick among them at random: pairs with the same latent are near-duplicates.
+        mixing_seed: seed of the two fixed maps.
+        generator: draws the latents and the noise.
+
+    Returns:
+        ``(view_a, view_b, group)``: float32 tensors and ``group``, the index of each pair's
+        latent.
+
+    Shape:
+        - view_a: ``(n, dims[0])``; view_b: ``(n, dims[1])``; group: ``(n,)``, int64.
+
+    Examples:
+        >>> import torch
+        >>> from companion.data import paired_views
+        >>> a, b, group = paired_views(5, generator=torch.Generator().manual_seed(0))
+        >>> a.shape, b.shape, group.tolist()
+        (torch.Size([5, 32]), torch.Size([5, 24]), [0, 1, 2, 3, 4])
+    """
+    check_int(n, "n", minimum=1)
+    check_int(latent_dim, "latent_dim", minimum=1)
+    check_int(dims[0], "dims[0]", minimum=1)
+    check_int(dims[1], "dims[1]", minimum=1)
+    check_positive(noise, "noise", allow_zero=True)
+    mixing = torch.Generator().manual_seed(mixing_seed)
+    map_a = torch.randn(latent_dim, dims[0], generator=mixing) / math.sqrt(latent_dim)
+    map_b = torch.randn(latent_dim, dims[1], generator=mixing) / math.sqrt(latent_dim)
+    if n_latents is None:
+        latents = torch.randn(n, latent_dim, generator=generator)
+        group = torch.arange(n)
+    else:
+        check_int(n_latents, "n_latents", minimum=1)
+        distinct = torch.randn(n_latents, latent_dim, generator=generator)
+        group = torch.randint(n_latents, (n,), generator=generator)
+        latents = distinct[group]
+    view_a = torch.tanh(latents @ map_a) + noise * torch.randn(n, dims[0], generator=generator)
+    view_b = latents @ map_b + noise * torch.randn(n, dims[1], generator=generator)
+    return view_a, view_b, group

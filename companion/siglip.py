@@ -39,37 +39,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._numerics import compute_dtype
 from companion._validate import (
-    check_finite,
     check_int,
     check_real,
-    check_tensor,
+    scalar_argument,
 )
 from companion.contrastive import (
-    _accumulation_dtype,
     _check_pair,
     _local_batch_sizes,
     _refuse_double_backward,
     _row_tiles,
-    _scale_argument,
     _tile_logits,
 )
 
 __all__ = ["SigLipLoss", "siglip_loss"]
-
-
-def _bias_argument(value: object, like: Tensor) -> Tensor:
-    """The bias as a 0-d tensor: a real Python number, or a scalar tensor (keeps its graph)."""
-    if isinstance(value, Tensor):
-        check_tensor(value, "logit_bias")
-        if value.numel() != 1:
-            raise ValueError(
-                "logit_bias must be a scalar (a 0-d or one-element tensor), "
-                f"got shape {tuple(value.shape)}"
-            )
-        check_finite(value, "logit_bias")
-        return value.reshape(())
-    return torch.tensor(check_real(value, "logit_bias"), dtype=like.dtype, device=like.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +87,7 @@ def _sigmoid_sweep(
     ``G`` for ``db`` (no pass to sum ``G``). Per tile that leaves two passes over the tile
     (softplus and sigmoid) besides the three products, and every buffer is reused.
     """
-    dtype, acc = queries.dtype, _accumulation_dtype(queries.dtype)
+    dtype, acc = queries.dtype, compute_dtype(queries.dtype)
     m, n, dim = queries.shape[0], keys.shape[0], queries.shape[1]
     device = queries.device
     s = scale.to(dtype)
@@ -265,7 +249,7 @@ class _SigmoidRing(torch.autograd.Function):
             ctx.group,
         )
         world, dim = len(sizes), texts.shape[1]
-        g = grad_total.to(_accumulation_dtype(images.dtype))
+        g = grad_total.to(compute_dtype(images.dtype))
         _, d_images, d_block, d_scale, d_bias = _sigmoid_sweep(
             images, texts, scale, bias, 0, chunk, True
         )
@@ -401,8 +385,8 @@ def siglip_loss(
         (10.0004, 10.0004)
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
-    scale = _scale_argument(logit_scale, "logit_scale", image_features)
-    bias = _bias_argument(logit_bias, image_features)
+    scale = scalar_argument(logit_scale, "logit_scale", image_features, positive=True)
+    bias = scalar_argument(logit_bias, "logit_bias", image_features, positive=False)
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", minimum=1)
     distributed = ring and dist.is_available() and dist.is_initialized()

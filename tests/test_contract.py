@@ -42,6 +42,8 @@ from companion import margin as M
 from companion import minmax as MM
 from companion import multilabel as ML
 from companion import nce as NC
+from companion import partial_fc as PF
+from companion import siglip as SG
 from companion import softmax as SM
 from companion import zoo as Z
 from tests.host_syncs import count_host_syncs
@@ -89,6 +91,8 @@ class Case:
         module_reduction: the reduction is a constructor argument of the module.
         gradcheck_floats: the arguments gradcheck varies, where it is not all of ``floats``
             (a loss that treats a function of an input as a constant target by design).
+        compiles: checked against eager mode under ``torch.compile`` (False for a loss that
+            draws random numbers inside, whose compiled draws differ from eager ones).
     """
 
     fn: Callable[..., Any]
@@ -104,6 +108,7 @@ class Case:
     count: Callable[[list[Any]], Tensor | int] | None = None
     module_reduction: bool = False
     gradcheck_floats: tuple[int, ...] | None = None
+    compiles: bool = True
 
 
 def _logits_and_classes(dtype: torch.dtype) -> list[Any]:
@@ -221,6 +226,43 @@ def _clip_module(dtype: torch.dtype) -> nn.Module:
     return CT.ClipLoss(temperature=0.1).to(dtype)
 
 
+def _siglip_inputs(dtype: torch.dtype) -> list[Any]:
+    return [*_unit_pair(dtype), torch.tensor(10.0, dtype=dtype), torch.tensor(-2.0, dtype=dtype)]
+
+
+def _siglip_chunked(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    return SG.siglip_loss(x, y, scale, bias, chunk_size=4)
+
+
+def _siglip_module(dtype: torch.dtype) -> nn.Module:
+    return SG.SigLipLoss(device="cpu", dtype=dtype)
+
+
+def _partial_fc_inputs(dtype: torch.dtype) -> list[Any]:
+    return [_randn(B, D, dtype=dtype), _classes(c=12), _randn(12, D, dtype=dtype, seed=2)]
+
+
+def _partial_fc(seeded: bool = False, **options: Any) -> Callable[..., Tensor]:
+    """``seeded``: the same draw of sampled classes at every call (a fresh seeded generator)."""
+
+    def call(x: Tensor, t: Tensor, w: Tensor, reduction: str = "mean") -> Tensor:
+        if seeded:
+            options["generator"] = _gen(9)
+        out: Tensor = PF.partial_fc_loss(
+            x, t, w, margin=(1.0, 0.5, 0.0), scale=16.0, reduction=reduction, **options
+        )
+        return out
+
+    return call
+
+
+def _partial_fc_module(dtype: torch.dtype, reduction: str = "mean") -> nn.Module:
+    torch.manual_seed(0)
+    return PF.PartialFC(
+        D, 12, margin=(1.0, 0.0, 0.35), scale=16.0, chunk_size=5, reduction=reduction, dtype=dtype
+    )
+
+
 def _unit_pair(dtype: torch.dtype) -> list[Any]:
     return [_unit(B, D, dtype=dtype), _unit(B, D, dtype=dtype, seed=3)]
 
@@ -261,6 +303,10 @@ CASES: dict[str, Case] = {
     "clip_loss": Case(_clip_full, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True),
     "clip_loss, chunked": Case(_clip_chunked, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True),
     "ClipLoss": Case(_clip_module, _unit_pair, floats=(0, 1), none_shape=None, production=True, module=True),
+    "supervised_contrastive_loss": Case(CT.supervised_contrastive_loss, lambda dt: [_unit(B, D, dtype=dt), torch.tensor([0, 0, 1, 1, 2, 2])]),
+    "siglip_loss": Case(SG.siglip_loss, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True),
+    "siglip_loss, chunked": Case(_siglip_chunked, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True),
+    "SigLipLoss": Case(_siglip_module, _unit_pair, floats=(0, 1), none_shape=None, production=True, module=True),
     "soft_target_clip_loss": Case(CT.soft_target_clip_loss, _clip_inputs, floats=(0, 1, 2), none_shape=None, kwargs={"target_scale": 10.0}, gradcheck_floats=(2,)),
     # margins
     "large_margin_softmax_loss": Case(M.large_margin_softmax_loss, _lsoftmax_inputs, floats=(0, 2), class_target=1, production=True),
@@ -271,11 +317,16 @@ CASES: dict[str, Case] = {
     "ASoftmaxLoss": Case(_asoftmax, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True),
     "AMSoftmaxLoss": Case(_amsoftmax, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True),
     "ArcFaceLoss": Case(_arcface, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True),
+    "partial_fc_loss": Case(_partial_fc(), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12),
+    "partial_fc_loss, chunked": Case(_partial_fc(chunk_size=5), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12),
+    "partial_fc_loss, sampled": Case(_partial_fc(seeded=True, sample_rate=0.5, chunk_size=5), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12, compiles=False),
+    "PartialFC": Case(_partial_fc_module, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True, num_classes=12),
     "min_max_loss": Case(MM.min_max_loss, _min_max_inputs, floats=(0, 1), class_target=2, production=True),
     "LabelEmbeddingClassifier.loss": Case(lambda dt: _label_embedding_loss(_label_embedding(dt)), _features_and_classes, class_target=1, production=True, module=True),
 }  # fmt: skip
 
 PRODUCTION = [name for name, case in CASES.items() if case.production]
+COMPILED = [name for name in PRODUCTION if CASES[name].compiles]
 REDUCED = [name for name, case in CASES.items() if case.none_shape is not None]
 
 
@@ -534,7 +585,7 @@ def test_zero_host_syncs_with_value_checks_off(name: str) -> None:
     assert all(x.grad is not None for x in leaves)
 
 
-@pytest.mark.parametrize("name", PRODUCTION)
+@pytest.mark.parametrize("name", COMPILED)
 def test_compiles_with_fullgraph_and_equals_eager(name: str) -> None:
     case = CASES[name]
     torch._dynamo.reset()

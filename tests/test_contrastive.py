@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 import companion
 from companion import contrastive as C
+from companion.data import paired_views
+from companion.metrics import retrieval_accuracy
 from tests.conftest import LOW_PRECISION, REDUCTIONS, assert_finite
 from tests.host_syncs import count_host_syncs
 
@@ -371,21 +373,21 @@ def test_triplet_and_info_nce_finite_at_extremes(dtype: torch.dtype) -> None:
 
 
 def test_paired_views_and_retrieval() -> None:
-    a, b, group = C.paired_views(50, dims=(7, 5), generator=torch.Generator().manual_seed(0))
+    a, b, group = paired_views(50, dims=(7, 5), generator=torch.Generator().manual_seed(0))
     assert a.shape == (50, 7) and b.shape == (50, 5) and a.dtype == torch.float32
     assert group.tolist() == list(range(50))
-    a2, b2, _ = C.paired_views(50, dims=(7, 5), generator=torch.Generator().manual_seed(0))
+    a2, b2, _ = paired_views(50, dims=(7, 5), generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, a2) and torch.equal(b, b2)
     # the modalities (fixed maps) do not depend on the data generator
-    clean1, _, _ = C.paired_views(3, noise=0.0, generator=torch.Generator().manual_seed(1))
-    clean2, _, _ = C.paired_views(3, noise=0.0, generator=torch.Generator().manual_seed(1))
+    clean1, _, _ = paired_views(3, noise=0.0, generator=torch.Generator().manual_seed(1))
+    clean2, _, _ = paired_views(3, noise=0.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(clean1, clean2)
-    _, _, groups = C.paired_views(40, n_latents=5, generator=torch.Generator().manual_seed(2))
+    _, _, groups = paired_views(40, n_latents=5, generator=torch.Generator().manual_seed(2))
     assert groups.max() < 5 and len(groups.unique()) > 1
     x = unit(6, 3, 27, torch.float32)
-    assert C.retrieval_accuracy(x, x) == 1.0
-    assert C.retrieval_accuracy(x, x.roll(1, 0)) == 0.0
-    assert C.retrieval_accuracy(x, x.roll(1, 0), group=torch.zeros(6, dtype=torch.long)) == 1.0
+    assert retrieval_accuracy(x, x) == 1.0
+    assert retrieval_accuracy(x, x.roll(1, 0)) == 0.0
+    assert retrieval_accuracy(x, x.roll(1, 0), group=torch.zeros(6, dtype=torch.long)) == 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +451,7 @@ def test_clip_bad_input(
 
 def test_other_bad_input() -> None:
     x = unit(4, 3, 30)
-    with pytest.raises(ValueError, match=r"same must hold only 0 and 1"):
+    with pytest.raises(ValueError, match=r"same must hold the labels 0 and 1"):
         C.contrastive_loss(x, x, torch.tensor([0.0, 1.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match=r"same must have shape \(4,\), got \(3,\)"):
         C.contrastive_loss(x, x, torch.ones(3))
@@ -468,16 +470,16 @@ def test_other_bad_input() -> None:
     with pytest.raises(ValueError, match=r"temperature must be a finite positive number"):
         C.ClipLoss(temperature=0.0)
     with pytest.raises(ValueError, match=r"n_latents must be at least 1"):
-        C.paired_views(4, n_latents=0)
+        paired_views(4, n_latents=0)
 
 
 def test_retrieval_group_of_the_wrong_length_is_a_clear_error() -> None:
     # issue 11, finding 10: used to be a raw IndexError
     x = unit(6, 3, 31, torch.float32)
     with pytest.raises(ValueError, match=r"group must have shape \(6,\), got \(4,\)"):
-        C.retrieval_accuracy(x, x, group=torch.zeros(4, dtype=torch.long))
+        retrieval_accuracy(x, x, group=torch.zeros(4, dtype=torch.long))
     with pytest.raises(TypeError, match=r"group must hold integer labels"):
-        C.retrieval_accuracy(x, x, group=torch.zeros(6))
+        retrieval_accuracy(x, x, group=torch.zeros(6))
 
 
 def test_a_log_parameter_is_not_taken_for_the_scale() -> None:
