@@ -12,19 +12,17 @@ over the union of the centres the ranks kept.
 
 from __future__ import annotations
 
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from companion import margin as M
 from companion.partial_fc import PartialFC, shard_range
+from tests.distributed import gradients, run_processes
 
 F64 = torch.float64
 BATCH, IN, EMBED, CLASSES = 12, 5, 4, 40
@@ -53,61 +51,39 @@ def backbone() -> nn.Module:
     return nn.Sequential(nn.Linear(IN, 8, dtype=F64), nn.Tanh(), nn.Linear(8, EMBED, dtype=F64))
 
 
-def gradients(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        inputs, labels, centres = problem()
-        results = {}
-        for name, (sizes_by_world, chunk, margin, rate, reduction) in CASES.items():
-            sizes = sizes_by_world[world]
-            net = backbone()
-            ddp = DistributedDataParallel(net)
-            head = PartialFC(
-                EMBED,
-                CLASSES,
-                margin=MARGINS[margin],
-                scale=6.0,
-                sample_rate=rate,
-                chunk_size=chunk,
-                group=dist.group.WORLD,
-                reduction=reduction,
-                dtype=F64,
-            )
-            head.weight.data = centres[head.class_start : head.class_start + head.num_local].clone()
-            start = sum(sizes[:rank])
-            local = slice(start, start + sizes[rank])
-            gen = torch.Generator().manual_seed(10 + rank)
-            loss = head(ddp(inputs[local]), labels[local], generator=gen)
-            loss.sum().backward()  # "none": the (12,) losses of the global batch on every rank
-            kept = head.last_sampled
-            results[name] = {
-                "loss": loss.detach(),
-                "backbone": gradients(net),
-                "weight": head.weight.grad.detach().clone(),
-                "start": head.class_start,
-                "kept": None if kept is None else kept + head.class_start,
-            }
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def worker(rank: int, world: int) -> dict[str, object]:
+    inputs, labels, centres = problem()
+    results = {}
+    for name, (sizes_by_world, chunk, margin, rate, reduction) in CASES.items():
+        sizes = sizes_by_world[world]
+        net = backbone()
+        ddp = DistributedDataParallel(net)
+        head = PartialFC(
+            EMBED,
+            CLASSES,
+            margin=MARGINS[margin],
+            scale=6.0,
+            sample_rate=rate,
+            chunk_size=chunk,
+            group=dist.group.WORLD,
+            reduction=reduction,
+            dtype=F64,
+        )
+        head.weight.data = centres[head.class_start : head.class_start + head.num_local].clone()
+        start = sum(sizes[:rank])
+        local = slice(start, start + sizes[rank])
+        gen = torch.Generator().manual_seed(10 + rank)
+        loss = head(ddp(inputs[local]), labels[local], generator=gen)
+        loss.sum().backward()  # "none": the (12,) losses of the global batch on every rank
+        kept = head.last_sampled
+        results[name] = {
+            "loss": loss.detach(),
+            "backbone": gradients(net),
+            "weight": head.weight.grad.detach().clone(),
+            "start": head.class_start,
+            "kept": None if kept is None else kept + head.class_start,
+        }
+    return results
 
 
 def single_process(
@@ -135,8 +111,7 @@ def single_process(
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_head_matches_one_process(world: int, tmp_path: Path) -> None:
-    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    ranks = run_processes(worker, world, tmp_path)
     for name, (_, _, margin, rate, reduction) in CASES.items():
         if rate < 1:
             kept = torch.cat([ranks[r][name]["kept"] for r in range(world)])

@@ -10,20 +10,17 @@ value checks off and the sizes given, a forward and backward pass makes no host 
 
 from __future__ import annotations
 
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import companion
 from companion.siglip import SigLipLoss, siglip_loss
+from tests.distributed import gradients, run_processes
 from tests.host_syncs import count_host_syncs
 
 BATCH = 9
@@ -68,61 +65,36 @@ def paired_batch() -> tuple[Tensor, Tensor]:
     return images, texts
 
 
-def gradients(model: nn.Module) -> dict[str, Tensor]:
-    return {
-        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
-    }
-
-
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        images, texts = paired_batch()
-        results: dict[str, object] = {}
-        for name, (sizes, chunk, given) in CASES[world].items():
-            model = PairEncoder(chunk)
-            ddp = DistributedDataParallel(model)
-            start = sum(sizes[:rank])
-            stop = start + sizes[rank]
-            loss = ddp(images[start:stop], texts[start:stop], sizes if given else None)
-            loss.backward()
-            results[name] = (loss.detach(), gradients(model))
-        # host syncs of the loss alone, 3 pairs per rank
-        image = F.normalize(images[3 * rank : 3 * rank + 3, :5], dim=1).requires_grad_()
-        text = F.normalize(texts[3 * rank : 3 * rank + 3], dim=1).requires_grad_()
-        scale = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
-        bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
-        syncs = {}
-        for chunk in (None, 2):
-            for given in (False, True):
-                with companion.value_checks(False), count_host_syncs() as counted:
-                    sizes_arg = (3,) * world if given else None
-                    siglip_loss(image, text, scale, bias, chunk, batch_sizes=sizes_arg).backward()
-                syncs[chunk, given] = counted()
-        results["syncs"] = syncs
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def worker(rank: int, world: int) -> dict[str, object]:
+    images, texts = paired_batch()
+    results: dict[str, object] = {}
+    for name, (sizes, chunk, given) in CASES[world].items():
+        model = PairEncoder(chunk)
+        ddp = DistributedDataParallel(model)
+        start = sum(sizes[:rank])
+        stop = start + sizes[rank]
+        loss = ddp(images[start:stop], texts[start:stop], sizes if given else None)
+        loss.backward()
+        results[name] = (loss.detach(), gradients(model))
+    # host syncs of the loss alone, 3 pairs per rank
+    image = F.normalize(images[3 * rank : 3 * rank + 3, :5], dim=1).requires_grad_()
+    text = F.normalize(texts[3 * rank : 3 * rank + 3], dim=1).requires_grad_()
+    scale = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    syncs = {}
+    for chunk in (None, 2):
+        for given in (False, True):
+            with companion.value_checks(False), count_host_syncs() as counted:
+                sizes_arg = (3,) * world if given else None
+                siglip_loss(image, text, scale, bias, chunk, batch_sizes=sizes_arg).backward()
+            syncs[chunk, given] = counted()
+    results["syncs"] = syncs
+    return results
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ring_of_processes_matches_one(world: int, tmp_path: Path) -> None:
-    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    ranks = run_processes(worker, world, tmp_path)
     for r in range(world):
         # the one size exchange without batch_sizes; nothing with them
         assert ranks[r]["syncs"] == {(None, False): 1, (None, True): 0, (2, False): 1, (2, True): 0}
