@@ -29,3 +29,18 @@ def normalize(x: Tensor, dim: int = -1) -> Tensor:
     nonzero = norm > 0
     safe = torch.where(nonzero, norm, torch.ones_like(norm))
     return torch.where(nonzero, x / safe, torch.zeros_like(x))
+
+
+def refuse_double_backward(where: str) -> None:
+    """Raise if a tiled backward runs with ``create_graph=True`` (grad mode is then on).
+
+    The hand-written backward passes of the tiled losses are not themselves differentiable, so a
+    second derivative through them (a gradient penalty) would be silently wrong; this makes it a
+    clear error instead.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{where} with chunk_size does not support double backward (create_graph=True, "
+            "as a gradient penalty needs): its backward pass is not itself differentiable. "
+            "Use chunk_size=None, whose full-matrix graph supports higher derivatives."
+        )

@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from companion._numerics import compute_dtype
+from companion._numerics import compute_dtype, refuse_double_backward
 from companion._validate import (
     Reduction,
     check_batch_size,
@@ -356,16 +356,6 @@ def _tile_logsumexp(logits: Tensor, dim: int, work: Tensor) -> Tensor:
     return work.sum(dim=dim).log_().add_(top.squeeze(dim))
 
 
-def _refuse_double_backward(where: str) -> None:
-    """Raise if a tiled backward runs with ``create_graph=True`` (grad mode is then on)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"{where} with chunk_size does not support double backward (create_graph=True, "
-            "as a gradient penalty needs): its backward pass is not itself differentiable. "
-            "Use chunk_size=None, whose full-matrix graph supports higher derivatives."
-        )
-
-
 class _TiledCrossEntropy(torch.autograd.Function):
     r"""Sum of the cross-entropies of the rows (and optionally the columns) of ``s Q K^T``.
 
@@ -433,7 +423,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
     def backward(
         ctx: Any, grad_total: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
-        _refuse_double_backward("clip_loss")
+        refuse_double_backward("clip_loss")
         queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
         offset, with_columns, chunk = ctx.offset, ctx.with_columns, ctx.chunk
         need_q, need_k, need_s = ctx.needs_input_grad[:3]

@@ -45,8 +45,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from companion._numerics import refuse_double_backward
 from companion._validate import (
     Reduction,
     check_batch_size,
@@ -309,10 +309,10 @@ class _ChunkedRestAndTarget(torch.autograd.Function):
         return rest, cosine  # in the accumulation dtype (float32 for half inputs)
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: Any, grad_rest: Tensor, grad_cosine: Tensor
     ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+        refuse_double_backward("partial_fc_loss")
         x_hat, weight, target, owned, rest = ctx.saved_tensors
         scale, chunk = ctx.scale, ctx.chunk
         need_x, need_w = ctx.needs_input_grad[:2]

@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from companion._numerics import compute_dtype
+from companion._numerics import compute_dtype, refuse_double_backward
 from companion._validate import (
     check_int,
     check_real,
@@ -48,7 +48,6 @@ from companion._validate import (
 from companion.contrastive import (
     _check_pair,
     _local_batch_sizes,
-    _refuse_double_backward,
     _row_tiles,
     _tile_logits,
 )
@@ -165,7 +164,7 @@ class _TiledSigmoid(torch.autograd.Function):
     def backward(
         ctx: Any, grad_total: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None]:
-        _refuse_double_backward("siglip_loss")
+        refuse_double_backward("siglip_loss")
         d_q, d_k, d_s, d_b = ctx.saved_tensors
         need_q, need_k, need_s, need_b = ctx.needs_input_grad[:4]
         g = grad_total
@@ -239,7 +238,7 @@ class _SigmoidRing(torch.autograd.Function):
     def backward(
         ctx: Any, grad_total: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None, None, None]:
-        _refuse_double_backward("siglip_loss")
+        refuse_double_backward("siglip_loss")
         images, texts, scale, bias = ctx.saved_tensors
         chunk, sizes, rank, (right, left), group = (
             ctx.chunk,

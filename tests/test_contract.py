@@ -93,6 +93,8 @@ class Case:
             (a loss that treats a function of an input as a constant target by design).
         compiles: checked against eager mode under ``torch.compile`` (False for a loss that
             draws random numbers inside, whose compiled draws differ from eager ones).
+        double_backward: second derivatives are checked too (``gradgradcheck``); False for the
+            tiled paths, which refuse ``create_graph`` with a clear error instead.
     """
 
     fn: Callable[..., Any]
@@ -109,6 +111,7 @@ class Case:
     module_reduction: bool = False
     gradcheck_floats: tuple[int, ...] | None = None
     compiles: bool = True
+    double_backward: bool = True
 
 
 def _logits_and_classes(dtype: torch.dtype) -> list[Any]:
@@ -269,10 +272,12 @@ def _unit_pair(dtype: torch.dtype) -> list[Any]:
 
 CASES: dict[str, Case] = {
     # foundations
+    "logistic_loss, soft target": Case(LG.logistic_loss, lambda dt: [_randn(B, dtype=dt), torch.rand(B, generator=_gen(4), dtype=F64).mul(0.8).add(0.1).to(dt)], floats=(0, 1)),
     "logistic_loss": Case(LG.logistic_loss, lambda dt: [_randn(B, dtype=dt), (torch.rand(B, generator=_gen(4)) < 0.5).to(dt)]),
     "cross_entropy": Case(SM.cross_entropy, _logits_and_classes, class_target=1),
     "cross_entropy, probabilities": Case(SM.cross_entropy, lambda dt: [_randn(B, C, dtype=dt), torch.softmax(_randn(B, C, dtype=F64, seed=3), 1).to(dt)]),
     "binary_cross_entropy_with_logits": Case(ML.binary_cross_entropy_with_logits, _binary, none_shape=lambda a: tuple(a[0].shape)),
+    "binary_cross_entropy_with_logits, weights": Case(ML.binary_cross_entropy_with_logits, lambda dt: [*_binary(dt), _randn(B, 1, dtype=dt, seed=5).abs().add(0.5), _randn(C, dtype=dt, seed=6).abs().add(0.1)], floats=(0, 2, 3), none_shape=lambda a: tuple(a[0].shape), count=lambda a: a[0].numel()),
     "multilabel_soft_margin_loss": Case(ML.multilabel_soft_margin_loss, _binary),
     # the zoo
     "multiclass_hinge_loss": Case(Z.multiclass_hinge_loss, _logits_and_classes, class_target=1),
@@ -283,6 +288,7 @@ CASES: dict[str, Case] = {
     "huber_loss": Case(Z.huber_loss, _same_shape_pair, floats=(0, 1), none_shape=lambda a: tuple(a[0].shape)),
     "log_loss": Case(Z.log_loss, _probabilities, none_shape=lambda a: tuple(a[0].shape)),
     "cosine_distance": Case(Z.cosine_distance, _same_shape_pair, floats=(0, 1)),
+    "cosine_distance, dim=0": Case(Z.cosine_distance, _same_shape_pair, floats=(0, 1), kwargs={"dim": 0}, none_shape=lambda a: (a[0].shape[1],)),
     "mean_pairwise_squared_error": Case(Z.mean_pairwise_squared_error, _same_shape_pair, floats=(0, 1)),
     "weighted_loss": Case(Z.weighted_loss, lambda dt: [_randn(B, dtype=dt).abs(), _randn(B, dtype=dt, seed=3).abs()], floats=(0, 1), count=lambda a: a[1].sum()),
     "MultiTaskLoss": Case(_multitask, lambda dt: [[_randn(1, dtype=dt).abs()[0], _randn(1, dtype=dt, seed=3).abs()[0]]], floats=(), none_shape=None, module=True),
@@ -301,11 +307,11 @@ CASES: dict[str, Case] = {
     "triplet_loss": Case(CT.triplet_loss, lambda dt: [*_same_shape_pair(dt), _randn(B, D, dtype=dt, seed=5)], floats=(0, 1, 2)),
     "info_nce_loss": Case(CT.info_nce_loss, _unit_pair, floats=(0, 1)),
     "clip_loss": Case(_clip_full, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True),
-    "clip_loss, chunked": Case(_clip_chunked, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True),
+    "clip_loss, chunked": Case(_clip_chunked, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True, double_backward=False),
     "ClipLoss": Case(_clip_module, _unit_pair, floats=(0, 1), none_shape=None, production=True, module=True),
     "supervised_contrastive_loss": Case(CT.supervised_contrastive_loss, lambda dt: [_unit(B, D, dtype=dt), torch.tensor([0, 0, 1, 1, 2, 2])]),
     "siglip_loss": Case(SG.siglip_loss, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True),
-    "siglip_loss, chunked": Case(_siglip_chunked, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True),
+    "siglip_loss, chunked": Case(_siglip_chunked, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True, double_backward=False),
     "SigLipLoss": Case(_siglip_module, _unit_pair, floats=(0, 1), none_shape=None, production=True, module=True),
     "soft_target_clip_loss": Case(CT.soft_target_clip_loss, _clip_inputs, floats=(0, 1, 2), none_shape=None, kwargs={"target_scale": 10.0}, gradcheck_floats=(2,)),
     # margins
@@ -318,10 +324,12 @@ CASES: dict[str, Case] = {
     "AMSoftmaxLoss": Case(_amsoftmax, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True),
     "ArcFaceLoss": Case(_arcface, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True),
     "partial_fc_loss": Case(_partial_fc(), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12),
-    "partial_fc_loss, chunked": Case(_partial_fc(chunk_size=5), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12),
-    "partial_fc_loss, sampled": Case(_partial_fc(seeded=True, sample_rate=0.5, chunk_size=5), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12, compiles=False),
-    "PartialFC": Case(_partial_fc_module, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True, num_classes=12),
+    "partial_fc_loss, chunked": Case(_partial_fc(chunk_size=5), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12, double_backward=False),
+    "partial_fc_loss, sampled": Case(_partial_fc(seeded=True, sample_rate=0.5, chunk_size=5), _partial_fc_inputs, floats=(0, 2), class_target=1, production=True, num_classes=12, compiles=False, double_backward=False),
+    "PartialFC": Case(_partial_fc_module, _features_and_classes, class_target=1, production=True, module=True, module_reduction=True, num_classes=12, double_backward=False),
     "min_max_loss": Case(MM.min_max_loss, _min_max_inputs, floats=(0, 1), class_target=2, production=True),
+    "min_max_loss, l2, sampled negatives, soft minimum": Case(MM.min_max_loss, _min_max_inputs, floats=(0, 1), class_target=2, kwargs={"distance": "l2", "negatives": MM.sample_other_classes(_classes(), C, 2, generator=_gen(3)), "temperature": 0.5}),
+    "min_max_loss, kl, soft minimum": Case(MM.min_max_loss, _min_max_inputs, floats=(0, 1), class_target=2, kwargs={"distance": "kl", "temperature": 0.5}),
     "LabelEmbeddingClassifier.loss": Case(lambda dt: _label_embedding_loss(_label_embedding(dt)), _features_and_classes, class_target=1, production=True, module=True),
 }  # fmt: skip
 
@@ -390,6 +398,19 @@ def test_none_shape_and_sum_is_mean_times_count(name: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if not c.double_backward])
+def test_tiled_paths_refuse_double_backward(name: str) -> None:
+    """A gradient penalty through a tiled backward is refused, not silently wrong."""
+    case = CASES[name]
+    fn, args = _make(case, F64)
+    leaves = _leaves(case, args)
+    loss = _call(case, fn, args)
+    with pytest.raises(RuntimeError, match=r"does not support double backward"):
+        torch.autograd.grad(loss, leaves[0], create_graph=True)
+    (g,) = torch.autograd.grad(_call(case, fn, args), leaves[0])  # a first derivative is fine
+    assert torch.isfinite(g).all()
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_gradcheck_float64(name: str) -> None:
     case = CASES[name]
@@ -415,6 +436,8 @@ def test_gradcheck_float64(name: str) -> None:
         return _call(case, fn, full)
 
     assert torch.autograd.gradcheck(function, tuple(args[i] for i in varied))
+    if case.double_backward:
+        assert torch.autograd.gradgradcheck(function, tuple(args[i] for i in varied))
     if params:  # and the parameters' gradient against finite differences of the loss
         loss = _call(case, fn, args)
         grads = torch.autograd.grad(loss, params)

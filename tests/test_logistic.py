@@ -56,26 +56,6 @@ def test_derivative_in_the_logit_is_sigmoid_minus_target(data: tuple[Tensor, Ten
     torch.testing.assert_close(grad, torch.sigmoid(logits.detach()) - target, rtol=1e-9, atol=1e-12)
 
 
-def test_gradcheck_float64() -> None:
-    logits = torch.tensor([[-40.0, -2.0, 0.0], [0.5, 3.0, 35.0]], dtype=torch.float64)
-    hard = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
-    soft = torch.tensor([[0.2, 0.7, 0.3], [0.5, 0.1, 0.9]], dtype=torch.float64)
-    for reduction in REDUCTIONS:
-
-        def in_logits(z: Tensor, reduction: str = reduction) -> Tensor:
-            return logistic_loss(z, hard, reduction=reduction)
-
-        def in_both(z: Tensor, y: Tensor, reduction: str = reduction) -> Tensor:
-            # a soft target is differentiable too (d/dy = -z); interior values, so the
-            # finite differences stay inside [0, 1]
-            return logistic_loss(z, y, reduction=reduction)
-
-        z = logits.clone().requires_grad_()
-        assert torch.autograd.gradcheck(in_logits, (z,))
-        assert torch.autograd.gradgradcheck(in_logits, (z,))
-        assert torch.autograd.gradcheck(in_both, (z, soft.clone().requires_grad_()))
-
-
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_finite_values_and_gradients_at_extremes(dtype: torch.dtype, reduction: str) -> None:

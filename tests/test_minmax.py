@@ -149,21 +149,6 @@ def test_loss_equals_the_naive_formula(
         torch.testing.assert_close(got, reduced, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("distance", DISTANCES)
-@pytest.mark.parametrize("negatives", [None, torch.tensor([[1, 2], [2, 0], [0, 1]])])
-def test_gradcheck_float64(distance: str, negatives: Tensor | None) -> None:
-    g = torch.Generator().manual_seed(2)
-    features = torch.randn(3, 2, generator=g, dtype=F64, requires_grad=True)
-    emb = torch.randn(3, 2, generator=g, dtype=F64, requires_grad=True)
-    target = torch.tensor([0, 1, 2])
-    for temperature in (None, 0.5):
-
-        def fn(f: Tensor, e: Tensor, temperature: float | None = temperature) -> Tensor:
-            return min_max_loss(f, e, target, distance, negatives, temperature=temperature)
-
-        assert torch.autograd.gradcheck(fn, (features, emb))
-
-
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_finite_at_extremes(dtype: torch.dtype, distance: str) -> None:

@@ -129,25 +129,6 @@ def test_pos_weight_shifts_the_optimal_logit_by_its_log() -> None:
     torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("with_weights", [False, True])
-def test_gradcheck_float64(with_weights: bool) -> None:
-    g = torch.Generator().manual_seed(2)
-    logits = (torch.randn(3, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    target = torch.rand(3, 4, generator=g, dtype=torch.float64).requires_grad_()
-    weight = (torch.rand(3, 1, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
-    pos_weight = (torch.rand(4, generator=g, dtype=torch.float64) * 3 + 0.1).requires_grad_()
-    if with_weights:
-
-        def bce(*a: Tensor) -> Tensor:
-            return M.binary_cross_entropy_with_logits(a[0], a[1], a[2], a[3], reduction="none")
-
-        assert torch.autograd.gradcheck(bce, (logits, target, weight, pos_weight))
-    else:
-        assert torch.autograd.gradcheck(M.binary_cross_entropy_with_logits, (logits, target))
-        assert torch.autograd.gradgradcheck(M.binary_cross_entropy_with_logits, (logits, target))
-        assert torch.autograd.gradcheck(M.multilabel_soft_margin_loss, (logits, target))
-
-
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "bce": M.binary_cross_entropy_with_logits,
     "bce_pos_weight": lambda x, y, reduction: M.binary_cross_entropy_with_logits(
