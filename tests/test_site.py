@@ -1,8 +1,9 @@
 """The built site, opened in a real headless Chromium (Debian's /usr/bin/chromium via Playwright).
 
 Run after `make book` (make test does). Every chapter page must load without console errors,
-render its math with the bundled MathJax, show every figure as an image of non-zero size, and
-link to the next page. Without Chromium the test skips with the reason, except under CI=true.
+render its math with the bundled MathJax, show every figure as a captioned image of non-zero
+size, and link to the next page. Without Chromium the test skips with the reason, except under
+CI=true.
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ def test_page_loads_renders_and_links_to_the_next(site: str, page: Tab, doc: str
         )
         for complete, width, height in sizes:
             assert complete and width > 0 and height > 0
+        # every figure is numbered and captioned (mystnb: figure: caption/name on its cell)
+        uncaptioned = page.eval_on_selector_all(
+            ".cell_output img",
+            "imgs => imgs.filter(i => !i.closest('figure[id]')?.querySelector('figcaption'))"
+            ".length",
+        )
+        assert uncaptioned == 0, f"{doc}: {uncaptioned} figure(s) without a caption"
         if doc != "book/errata":  # every chapter has an experiment with figures
             assert len(sizes) >= 1, f"{doc} shows no figure"
     if doc != pages[-1]:
