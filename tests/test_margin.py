@@ -136,6 +136,7 @@ PML_CASES = [
 @pytest.mark.parametrize(("name", "kw"), PML_CASES)
 def test_agrees_with_pytorch_metric_learning(name: str, kw: dict[str, float]) -> None:
     x, y = _data(1)
+    torch.manual_seed(0)  # the head's initial weights: fixed, so the fallback check below holds
     ours = HEADS[name](**kw)
     theirs = make_pml(name, kw)
     theirs.W.data = ours.weight.detach().t().clone()
