@@ -625,3 +625,18 @@ def test_compiles_with_fullgraph_and_equals_eager(name: str) -> None:
     grads_got = torch.autograd.grad(got, leaves_c + _parameters(compiled_fn))
     for g, w in zip(grads_got, grads_want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_every_public_loss_is_in_the_registry() -> None:
+    """A new loss joins the contract by one registry line; this test makes sure it does."""
+    modules = [LG, SM, ML, Z, IV, NC, CT, M, MM, PF, SG]
+    names = {
+        name
+        for module in modules
+        for name in module.__all__
+        if "loss" in name.lower() and callable(getattr(module, name))
+    }
+    covered = {key.split(",")[0].split(".")[0] for key in CASES}
+    metrics = {"hamming_loss"}  # a metric (a Python float for reporting), not a loss to train
+    missing = sorted(names - covered - metrics)
+    assert not missing, f"public losses without a line in CASES: {missing}"
