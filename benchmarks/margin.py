@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import random
 import statistics
@@ -88,6 +89,7 @@ def main() -> None:
         help="wall time (default) or this process's CPU time, steadier on a shared machine",
     )
     args = parser.parse_args()
+    load = os.getloadavg()[0]  # recorded with the table: times on a busy machine are noisy
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -139,7 +141,8 @@ def main() -> None:
         f"interleaved "
         f"rounds after warm-up; torch {torch.__version__}, pytorch-metric-learning "
         f"{pytorch_metric_learning.__version__}, "
-        f"{platform.machine()}. Floor: `F.cross_entropy(normalize(x) @ normalize(W).T, y)` "
+        f"{platform.machine()}; 1-minute load average {load:.2f} at the start; value checks on "
+        f"(the default). Floor: `F.cross_entropy(normalize(x) @ normalize(W).T, y)` "
         f"= {fl:.1f} ms.",
         "",
         "| head | companion (ms) | pytorch-metric-learning (ms) | companion / floor "

@@ -16,19 +16,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def normalize(x: Tensor, dim: int = -1) -> Tensor:
-    r"""``x / ||x||`` along ``dim``; a zero vector stays zero, with a zero gradient.
+    r"""``x / ||x||`` along ``dim``; a zero vector stays zero, in every dtype.
 
     :func:`torch.nn.functional.normalize` divides by ``max(||x||, eps)`` with ``eps = 1e-12``,
     which is 0 in float16 (a zero row becomes 0 / 0 = NaN) and, in every dtype, gives a zero
     row the gradient ``1 / eps`` (1e12 in float32, infinite in float16). Here a vector whose
-    norm is 0 (or underflows to 0) maps to 0 and passes no gradient, the subgradient choice
-    ``torch.linalg.vector_norm`` makes at 0; every other vector gets the exact value and
-    gradient.
+    norm is 0 (or underflows to 0) is divided by 1 instead: it maps to 0 with the finite
+    gradient of ``x / 1``; every other vector gets the exact value and gradient. (The same
+    number of passes as ``F.normalize``: one norm, one division.)
     """
     norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
-    nonzero = norm > 0
-    safe = torch.where(nonzero, norm, torch.ones_like(norm))
-    return torch.where(nonzero, x / safe, torch.zeros_like(x))
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 def refuse_double_backward(where: str) -> None:

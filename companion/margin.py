@@ -723,6 +723,22 @@ class ScheduledMarginHead(MarginHead):
         """The blend weight the next training forward pass uses (reads the counter: a sync)."""
         return 0.0 if self.schedule is None else self.schedule(int(self.iteration))
 
+    def _logits_and_norm(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The head's plain logits ``n_i cos(theta_ij)`` (a new tensor) and the ``n_i``."""
+        raise NotImplementedError
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        """The loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``.
+
+        The same value as the head's functional form (:func:`large_margin_softmax_loss` or
+        :func:`angular_softmax_loss`) on its logits, through the one margin core; the logits are
+        computed here, so they are not validated again.
+        """
+        x, t = self._check_inputs(features, target)
+        logits, norm = self._logits_and_norm(x, t)
+        transform = _blend(self.margin, self._next_lambda(x.dtype))
+        return _margin_cross_entropy(logits, t, norm, transform, self.reduction, inplace=True)
+
     def _next_lambda(self, dtype: torch.dtype) -> float | Tensor:
         """The blend weight for this forward pass; advances the counter in training."""
         if self.schedule is None:
@@ -786,14 +802,11 @@ class LSoftmaxLoss(ScheduledMarginHead):
         x = self._check_features(features)
         return x @ self.weight.t()
 
-    def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        """The L-Softmax loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``."""
-        x, t = self._check_inputs(features, target)
-        norm = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(self.weight[t], dim=1)
-        lam = self._next_lambda(x.dtype)
-        return large_margin_softmax_loss(
-            x @ self.weight.t(), t, norm, self.margin, lam, self.reduction
+    def _logits_and_norm(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        norm = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(
+            self.weight[target], dim=1
         )
+        return x @ self.weight.t(), norm
 
 
 class ASoftmaxLoss(ScheduledMarginHead):
@@ -841,13 +854,8 @@ class ASoftmaxLoss(ScheduledMarginHead):
         x = self._check_features(features)
         return x @ normalize(self.weight, dim=1).t()
 
-    def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        """The A-Softmax loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``."""
-        x, t = self._check_inputs(features, target)
-        norm = torch.linalg.vector_norm(x, dim=1)
-        cosine = normalize(x, dim=1) @ normalize(self.weight, dim=1).t()
-        lam = self._next_lambda(x.dtype)
-        return angular_softmax_loss(cosine, t, norm, self.margin, lam, self.reduction)
+    def _logits_and_norm(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return x @ normalize(self.weight, dim=1).t(), torch.linalg.vector_norm(x, dim=1)
 
 
 class CosineMarginHead(MarginHead):
@@ -879,7 +887,28 @@ class CosineMarginHead(MarginHead):
 
     def logits(self, features: Tensor) -> Tensor:
         r"""Plain logits :math:`s\cos\theta_j`, shape ``(B, C)`` (inference)."""
-        return self.cosine(features) * self.scale
+        return self._scaled_cosine(self._check_features(features))
+
+    def _scaled_cosine(self, x: Tensor) -> Tensor:
+        # the scale goes on the (B, D) features, not on the (B, C) product
+        return (normalize(x, dim=1) * self.scale) @ normalize(self.weight, dim=1).t()
+
+    def _target_transform(self, c: Tensor) -> Tensor:
+        """The margin on the target cosine: the one thing that differs between the heads."""
+        raise NotImplementedError
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        """The loss of ``features`` ``(B, D)`` with class indices ``target`` ``(B,)``.
+
+        The same value as the head's functional form (:func:`additive_margin_softmax_loss` or
+        :func:`additive_angular_margin_loss`) on its cosines, through the one margin core; the
+        cosines are computed here, so they are not validated again.
+        """
+        x, t = self._check_inputs(features, target)
+        return _margin_cross_entropy(
+            self._scaled_cosine(x), t, self.scale, self._target_transform, self.reduction,
+            inplace=True,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
@@ -924,12 +953,8 @@ class AMSoftmaxLoss(CosineMarginHead):
         m = check_positive(margin, "margin", allow_zero=True)
         super().__init__(in_features, num_classes, m, scale, reduction, device, dtype)
 
-    def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        """The AM-Softmax loss of ``features`` ``(B, D)`` with class indices ``target``."""
-        x, t = self._check_inputs(features, target)
-        return additive_margin_softmax_loss(
-            self.cosine(x), t, self.margin, self.scale, self.reduction
-        )
+    def _target_transform(self, c: Tensor) -> Tensor:
+        return c - self.margin
 
 
 class ArcFaceLoss(CosineMarginHead):
@@ -972,9 +997,5 @@ class ArcFaceLoss(CosineMarginHead):
         m = _check_additive_angular_margin(margin)
         super().__init__(in_features, num_classes, m, scale, reduction, device, dtype)
 
-    def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        """The ArcFace loss of ``features`` ``(B, D)`` with class indices ``target``."""
-        x, t = self._check_inputs(features, target)
-        return additive_angular_margin_loss(
-            self.cosine(x), t, self.margin, self.scale, self.reduction
-        )
+    def _target_transform(self, c: Tensor) -> Tensor:
+        return _arc(c, self.margin)

@@ -65,7 +65,7 @@ from companion._validate import (
     check_tensor,
     reduce_loss,
 )
-from companion.sigmoid import softplus
+from companion.sigmoid import softplus_values
 
 __all__ = [
     "CandidateSampler",
@@ -457,7 +457,7 @@ class _BinaryCore(torch.autograd.Function):
         neg_shift = None if shift is None else shift[batch:]
         _negative_logits_into(neg_logits, input, rows[batch:], neg_shift, hits)
         ctx.save_for_backward(true_logits, neg_logits, input, rows, shift, hits)
-        return softplus(-true_logits) + softplus(neg_logits).sum(dim=1)
+        return softplus_values(-true_logits) + softplus_values(neg_logits).sum(dim=1)
 
     @staticmethod
     def backward(

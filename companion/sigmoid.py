@@ -18,6 +18,8 @@ from-scratch ones the book derives, and the tests prove they agree with torch's.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -118,7 +120,35 @@ def softplus(x: Tensor) -> Tensor:
         True
     """
     check_tensor(x, "x", allow_empty=True, allow_inf=True)
-    return torch.clamp(x, min=0) + torch.log1p(torch.exp(_neg_abs(x)))
+    out: Tensor = _Softplus.apply(x)  # type: ignore[no-untyped-call]
+    return out
+
+
+def softplus_values(x: Tensor) -> Tensor:
+    """The values of :func:`softplus` with no check and no autograd graph, for the hand-written
+    backward passes of the sampled losses (their inputs are checked once, at the boundary)."""
+    # log(e^x + e^0), which torch.logaddexp evaluates as max(x, 0) + log1p(e^{-|x|}), the
+    # formula above, in one pass over x
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class _Softplus(torch.autograd.Function):
+    """softplus with its derivative written out: sigma(x), one kernel in the backward pass.
+
+    The forward pass is the stable formula; autograd through it would record and replay a
+    chain of six elementwise steps, which dominates a loss such as NCE over a million
+    logits. The backward pass is itself differentiable, so second derivatives work.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return softplus_values(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)  # exact at +-inf too: 1 and 0
 
 
 def log_sigmoid(x: Tensor) -> Tensor:
