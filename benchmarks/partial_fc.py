@@ -38,7 +38,6 @@ import json
 import math
 import os
 import platform
-import resource
 import socket
 import statistics
 import subprocess
@@ -47,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from _pairs import available_bytes, max_rss_bytes
 
 DIM, BATCH, CHUNK = 512, 512, 8192
 MARGIN, SCALE = 0.5, 64.0
@@ -119,11 +119,6 @@ def run_once(
         weight.grad = None
         head(features, target).backward()
     return time.perf_counter() - start
-
-
-def max_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def worker(method: str, classes: int, repeats: int, rank: int, world: int, port: int) -> None:
@@ -207,16 +202,6 @@ def measure(method: str, classes: int, repeats: int) -> dict[str, float]:
         "extra_bytes": max(r["extra_bytes"] for r in results),
         "total_bytes": max(r["total_bytes"] for r in results),
     }
-
-
-def available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 # --------------------------------------------------------------------------------------------
