@@ -56,3 +56,18 @@ def run_processes(worker: Callable[[int, int], Any], world: int, out_dir: Path) 
     """
     mp.spawn(_entry, args=(worker, world, free_port(), str(out_dir)), nprocs=world, join=True)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
+
+
+def assert_ranks_match(ranks: list[Any], name: str, loss: Tensor, want: dict[str, Tensor]) -> None:
+    """Each rank's ``ranks[r][name] = (loss, gradients)`` against one process: the mean of the
+    returned losses is the single-process loss, and every rank's gradients (after DDP's
+    averaging) are the single-process ones."""
+    returned = torch.stack([rank[name][0] for rank in ranks])
+    torch.testing.assert_close(returned.mean(), loss.detach(), rtol=1e-12, atol=1e-12, msg=name)
+    for r, rank in enumerate(ranks):
+        got = rank[name][1]
+        assert set(got) == set(want), name
+        for param, grad in want.items():
+            torch.testing.assert_close(
+                got[param], grad, rtol=1e-10, atol=1e-12, msg=f"{name}, rank {r}, {param}"
+            )

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import companion
 from companion.siglip import SigLipLoss, siglip_loss
-from tests.distributed import gradients, run_processes
+from tests.distributed import assert_ranks_match, gradients, run_processes
 from tests.host_syncs import count_host_syncs
 
 BATCH = 9
@@ -112,12 +112,4 @@ def test_ring_of_processes_matches_one(world: int, tmp_path: Path) -> None:
             "loss.log_scale",
             "loss.bias",
         }
-        returned = torch.stack([ranks[r][name][0] for r in range(world)])
-        torch.testing.assert_close(returned.mean(), loss.detach(), rtol=1e-12, atol=1e-12, msg=name)
-        for r in range(world):
-            got = ranks[r][name][1]
-            assert set(got) == set(want), name
-            for param, grad in want.items():
-                torch.testing.assert_close(
-                    got[param], grad, rtol=1e-10, atol=1e-12, msg=f"{name}, rank {r}, {param}"
-                )
+        assert_ranks_match(ranks, name, loss, want)
