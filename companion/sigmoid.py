@@ -39,21 +39,21 @@ def _neg_abs(x: Tensor) -> Tensor:
     return torch.where(x >= 0, -x, x)
 
 
-def sigmoid(x: Tensor) -> Tensor:
+def sigmoid(input: Tensor) -> Tensor:
     r"""The logistic sigmoid :math:`\sigma(x) = 1 / (1 + e^{-x})`.
 
     Computed as :math:`1/(1+z)` for :math:`x \ge 0` and :math:`z/(1+z)` for :math:`x < 0`,
     with :math:`z = e^{-|x|} \in (0, 1]`, so no exponential overflows.
 
     Args:
-        x: floating tensor of any shape.
+        input: :math:`x`, a floating tensor of any shape.
 
     Returns:
-        :math:`\sigma(x)`, same shape, dtype and device as ``x``.
+        :math:`\sigma(x)`, same shape, dtype and device as ``input``.
 
     Shape:
-        - x: ``(*)``, any shape.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -64,12 +64,12 @@ def sigmoid(x: Tensor) -> Tensor:
         >>> torch.allclose(sigmoid(x), torch.sigmoid(x))
         True
     """
-    check_tensor(x, "x", allow_empty=True, allow_inf=True)
-    z = torch.exp(_neg_abs(x))
-    return torch.where(x >= 0, 1 / (1 + z), z / (1 + z))
+    check_tensor(input, "input", allow_empty=True, allow_inf=True)
+    z = torch.exp(_neg_abs(input))
+    return torch.where(input >= 0, 1 / (1 + z), z / (1 + z))
 
 
-def sigmoid_grad(x: Tensor) -> Tensor:
+def sigmoid_grad(input: Tensor) -> Tensor:
     r"""The derivative :math:`\sigma'(x) = \sigma(x)\,(1 - \sigma(x)) = \sigma(x)\,\sigma(-x)`.
 
     The product :math:`\sigma(x)\sigma(-x)` is used instead of :math:`\sigma(1-\sigma)`: for
@@ -77,11 +77,11 @@ def sigmoid_grad(x: Tensor) -> Tensor:
     relative precision.
 
     Args:
-        x: floating tensor of any shape.
+        input: :math:`x`, a floating tensor of any shape.
 
     Shape:
-        - x: ``(*)``, any shape.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -93,21 +93,21 @@ def sigmoid_grad(x: Tensor) -> Tensor:
         >>> torch.allclose(sigmoid_grad(x.detach()), x.grad)
         True
     """
-    check_tensor(x, "x", allow_empty=True, allow_inf=True)
-    return sigmoid(x) * sigmoid(-x)
+    check_tensor(input, "input", allow_empty=True, allow_inf=True)
+    return sigmoid(input) * sigmoid(-input)
 
 
-def softplus(x: Tensor) -> Tensor:
+def softplus(input: Tensor) -> Tensor:
     r"""The softplus :math:`\log(1 + e^{x}) = \max(x, 0) + \log(1 + e^{-|x|})`.
 
     The right-hand form never overflows; its derivative is :math:`\sigma(x)`.
 
     Args:
-        x: floating tensor of any shape.
+        input: :math:`x`, a floating tensor of any shape.
 
     Shape:
-        - x: ``(*)``, any shape.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -119,8 +119,8 @@ def softplus(x: Tensor) -> Tensor:
         >>> torch.allclose(softplus(x), F.softplus(x))
         True
     """
-    check_tensor(x, "x", allow_empty=True, allow_inf=True)
-    out: Tensor = _Softplus.apply(x)  # type: ignore[no-untyped-call]
+    check_tensor(input, "input", allow_empty=True, allow_inf=True)
+    out: Tensor = _Softplus.apply(input)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -151,7 +151,7 @@ class _Softplus(torch.autograd.Function):
         return grad * torch.sigmoid(x)  # exact at +-inf too: 1 and 0
 
 
-def log_sigmoid(x: Tensor) -> Tensor:
+def log_sigmoid(input: Tensor) -> Tensor:
     r"""The log-sigmoid :math:`\log \sigma(x) = -\operatorname{softplus}(-x)`.
 
     Its derivative is :math:`1 - \sigma(x) = \sigma(-x)`. Evaluating ``log(sigmoid(x))``
@@ -159,11 +159,11 @@ def log_sigmoid(x: Tensor) -> Tensor:
     :math:`x = -88` for ``torch.sigmoid`` in float32), and its gradient becomes NaN.
 
     Args:
-        x: floating tensor of any shape.
+        input: :math:`x`, a floating tensor of any shape.
 
     Shape:
-        - x: ``(*)``, any shape.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -174,22 +174,22 @@ def log_sigmoid(x: Tensor) -> Tensor:
         >>> torch.allclose(log_sigmoid(torch.tensor([0.0])), -torch.log(torch.tensor([2.0])))
         True
     """
-    check_tensor(x, "x", allow_empty=True, allow_inf=True)
-    return -softplus(-x)
+    check_tensor(input, "input", allow_empty=True, allow_inf=True)
+    return -softplus(-input)
 
 
-def log1m_sigmoid(x: Tensor) -> Tensor:
+def log1m_sigmoid(input: Tensor) -> Tensor:
     r"""The log of the complement, :math:`\log(1 - \sigma(x)) = -\operatorname{softplus}(x)`.
 
     It equals :math:`\log \sigma(-x)`; its derivative is :math:`-\sigma(x)`. This is the
     log-probability of the negative class in logistic regression.
 
     Args:
-        x: floating tensor of any shape.
+        input: :math:`x`, a floating tensor of any shape.
 
     Shape:
-        - x: ``(*)``, any shape.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -200,25 +200,25 @@ def log1m_sigmoid(x: Tensor) -> Tensor:
         >>> torch.equal(log1m_sigmoid(x), log_sigmoid(-x))
         True
     """
-    check_tensor(x, "x", allow_empty=True, allow_inf=True)
-    return -softplus(x)
+    check_tensor(input, "input", allow_empty=True, allow_inf=True)
+    return -softplus(input)
 
 
-def logit(p: Tensor, eps: float | None = None) -> Tensor:
+def logit(input: Tensor, eps: float | None = None) -> Tensor:
     r"""The inverse of the sigmoid, the log-odds :math:`\log p - \log(1 - p)`.
 
     Args:
-        p: floating tensor of probabilities in :math:`[0, 1]`.
-        eps: if given, ``p`` is first clamped to :math:`[\epsilon, 1 - \epsilon]` so the result
+        input: :math:`p`, a floating tensor of probabilities in :math:`[0, 1]`.
+        eps: if given, ``input`` is first clamped to :math:`[\epsilon, 1 - \epsilon]` so the result
             is finite (as :func:`torch.logit` does); without it, 0 and 1 map to :math:`\mp\infty`.
 
     Raises:
-        ValueError: if ``p`` has entries outside :math:`[0, 1]` or ``eps`` is not in
+        ValueError: if ``input`` has entries outside :math:`[0, 1]` or ``eps`` is not in
             :math:`(0, 0.5)`.
 
     Shape:
-        - p: ``(*)``, any shape.
-        - output: ``(*)``, the shape of ``p``.
+        - input: ``(*)``, any shape.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -231,11 +231,11 @@ def logit(p: Tensor, eps: float | None = None) -> Tensor:
         >>> torch.allclose(logit(sigmoid(x)), x)
         True
     """
-    check_tensor(p, "p", allow_empty=True)
-    check_in_range(p, "p", 0.0, 1.0, what="probabilities")
+    check_tensor(input, "input", allow_empty=True)
+    check_in_range(input, "input", 0.0, 1.0, what="probabilities")
     if eps is not None:
         check_positive(eps, "eps")
         if eps >= 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps}")
-        p = torch.clamp(p, eps, 1 - eps)
-    return torch.log(p) - torch.log1p(-p)
+        input = torch.clamp(input, eps, 1 - eps)
+    return torch.log(input) - torch.log1p(-input)

@@ -40,7 +40,7 @@ from companion._validate import (
 __all__ = ["cross_entropy", "cross_entropy_grad", "log_softmax", "logsumexp", "softmax"]
 
 
-def _check_dim(x: object, dim: object, name: str = "x") -> tuple[Tensor, int]:
+def _check_dim(x: object, dim: object, name: str = "input") -> tuple[Tensor, int]:
     """Validate ``x`` and ``dim`` for a reduction over ``dim``; return the non-negative dim."""
     x = check_tensor(x, name, allow_empty=True, allow_inf=True)
     dim = check_int(dim, "dim")
@@ -74,7 +74,7 @@ def _shift_and_log_norm(x: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     return m, shifted, log_norm
 
 
-def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+def logsumexp(input: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     r"""The log-sum-exp :math:`\log \sum_j e^{x_j}` along ``dim``, without overflow.
 
     Computed as :math:`m + \log \sum_j e^{x_j - m}` with :math:`m = \max_j x_j`: every
@@ -82,16 +82,16 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     :math:`[1, C]`. Its gradient is the softmax.
 
     Args:
-        x: floating tensor with at least one dimension (float32, float64, bfloat16...).
+        input: floating tensor with at least one dimension (float32, float64, bfloat16...).
         dim: the dimension to reduce.
         keepdim: keep ``dim`` as a dimension of size 1.
 
     Returns:
-        ``x``'s shape without ``dim`` (or with it of size 1), in ``x``'s dtype and device.
+        ``input``'s shape without ``dim`` (or with it of size 1), in ``input``'s dtype and device.
 
     Shape:
-        - x: ``(*, C, *)``, at least one dimension, ``C >= 1`` along ``dim``.
-        - output: ``x``'s shape without ``dim``; with ``keepdim=True``, ``dim`` of size 1.
+        - input: ``(*, C, *)``, at least one dimension, ``C >= 1`` along ``dim``.
+        - output: ``input``'s shape without ``dim``; with ``keepdim=True``, ``dim`` of size 1.
 
     Examples:
         >>> import torch
@@ -104,30 +104,30 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
         >>> logsumexp(x, dim=0, keepdim=True).shape
         torch.Size([1, 3])
     """
-    x, d = _check_dim(x, dim)
-    m, _, log_norm = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
+    input, d = _check_dim(input, dim)
+    m, _, log_norm = _shift_and_log_norm(input.to(compute_dtype(input.dtype)), d)
     out = m + log_norm
     if not keepdim:
         out = out.squeeze(d)
-    return out.to(x.dtype)
+    return out.to(input.dtype)
 
 
-def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
     r"""The log-softmax :math:`\log p_i = x_i - \log \sum_j e^{x_j}` along ``dim``.
 
     Computed as :math:`(x_i - m) - \log\sum_j e^{x_j - m}`; it stays finite (and accurate) where
     ``log(softmax(x))`` returns ``-inf`` because a probability underflowed to 0.
 
     Args:
-        x: floating tensor with at least one dimension.
+        input: floating tensor with at least one dimension.
         dim: the dimension along which the probabilities sum to one.
 
     Returns:
-        same shape, dtype and device as ``x``.
+        same shape, dtype and device as ``input``.
 
     Shape:
-        - x: ``(*)``, at least one dimension.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, at least one dimension.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -139,12 +139,12 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
         >>> torch.allclose(log_softmax(x, dim=1), torch.log_softmax(x, dim=1))
         True
     """
-    x, d = _check_dim(x, dim)
-    _, shifted, log_norm = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
-    return (shifted - log_norm).to(x.dtype)
+    input, d = _check_dim(input, dim)
+    _, shifted, log_norm = _shift_and_log_norm(input.to(compute_dtype(input.dtype)), d)
+    return (shifted - log_norm).to(input.dtype)
 
 
-def softmax(x: Tensor, dim: int = -1) -> Tensor:
+def softmax(input: Tensor, dim: int = -1) -> Tensor:
     r"""The softmax :math:`p_i = e^{x_i} / \sum_j e^{x_j}` along ``dim``.
 
     Computed as :math:`e^{x_i - m} / \sum_j e^{x_j - m}` with :math:`m = \max_j x_j`, which is
@@ -152,16 +152,16 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     overflows. Its Jacobian is :math:`\partial p_i / \partial x_k = p_i(\delta_{ik} - p_k)`.
 
     Args:
-        x: floating tensor with at least one dimension.
+        input: floating tensor with at least one dimension.
         dim: the dimension along which the probabilities sum to one.
 
     Returns:
-        same shape, dtype and device as ``x``; entries in :math:`[0, 1]`, summing to 1 along
+        same shape, dtype and device as ``input``; entries in :math:`[0, 1]`, summing to 1 along
         ``dim``.
 
     Shape:
-        - x: ``(*)``, at least one dimension.
-        - output: ``(*)``, the shape of ``x``.
+        - input: ``(*)``, at least one dimension.
+        - output: ``(*)``, the shape of ``input``.
 
     Examples:
         >>> import torch
@@ -174,10 +174,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
         >>> torch.allclose(softmax(x, dim=1), torch.softmax(x, dim=1))
         True
     """
-    x, d = _check_dim(x, dim)
-    _, shifted, _ = _shift_and_log_norm(x.to(compute_dtype(x.dtype)), d)
+    input, d = _check_dim(input, dim)
+    _, shifted, _ = _shift_and_log_norm(input.to(compute_dtype(input.dtype)), d)
     e = torch.exp(shifted)
-    return (e / e.sum(dim=d, keepdim=True)).to(x.dtype)
+    return (e / e.sum(dim=d, keepdim=True)).to(input.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,52 +195,52 @@ def _check_label_smoothing(label_smoothing: object) -> float:
 
 
 def _prepare(
-    logits: object, target: object, weight: object, label_smoothing: object
+    input: object, target: object, weight: object, label_smoothing: object
 ) -> tuple[Tensor, Tensor, Tensor | None, float, bool, bool]:
     """Validate the arguments of :func:`cross_entropy` and bring them to the batched form.
 
-    Returns ``(logits, target, weight, label_smoothing, is_index_target, unbatched)`` with
-    ``logits`` of shape (B, C) and ``target`` of shape (B,) (indices) or (B, C) (probabilities).
+    Returns ``(input, target, weight, label_smoothing, is_index_target, unbatched)`` with
+    ``input`` of shape (B, C) and ``target`` of shape (B,) (indices) or (B, C) (probabilities).
     """
-    if isinstance(logits, Tensor) and logits.dim() > 2:
-        c = logits.shape[1]
+    if isinstance(input, Tensor) and input.dim() > 2:
+        c = input.shape[1]
         raise ValueError(
-            f"logits must have shape (B, C) or (C,), got {tuple(logits.shape)}; for per-position "
+            f"input must have shape (B, C) or (C,), got {tuple(input.shape)}; for per-position "
             f"logits (B, C, d1, ...) move the classes last and flatten: "
-            f"logits.movedim(1, -1).reshape(-1, {c}) and target.reshape(-1)"
+            f"input.movedim(1, -1).reshape(-1, {c}) and target.reshape(-1)"
         )
-    logits = check_tensor(logits, "logits", ndim=(1, 2))
-    check_finite(logits, "logits")
+    input = check_tensor(input, "input", ndim=(1, 2))
+    check_finite(input, "input")
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     eps = _check_label_smoothing(label_smoothing)
 
-    unbatched = logits.dim() == 1
+    unbatched = input.dim() == 1
     if unbatched:
-        want_probs = tuple(logits.shape)
+        want_probs = tuple(input.shape)
         if target.is_floating_point() and target.dim() == 1:
             target = target[None]
         elif target.is_floating_point() or target.dim() != 0:
             raise ValueError(
-                f"target for unbatched logits of shape {want_probs} must be a 0-d class index "
+                f"target for unbatched input of shape {want_probs} must be a 0-d class index "
                 f"or a probability vector of shape {want_probs}, got dtype {target.dtype} and "
                 f"shape {tuple(target.shape)}"
             )
         else:
             target = target[None]
-        logits = logits[None]
+        input = input[None]
 
-    num_classes = logits.shape[1]
-    check_batch_size(logits, "logits", target, "target")
+    num_classes = input.shape[1]
+    check_batch_size(input, "input", target, "target")
     if target.dim() == 2:
-        # class probabilities: a floating tensor shaped like logits
-        if target.shape != logits.shape:
+        # class probabilities: a floating tensor shaped like the input
+        if target.shape != input.shape:
             raise ValueError(
-                f"target with class probabilities must have the shape of logits "
-                f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+                f"target with class probabilities must have the shape of input "
+                f"{tuple(input.shape)}, got {tuple(target.shape)}"
             )
         check_tensor(target, "target")
-        check_same_dtype_device(logits, "logits", target, "target")
+        check_same_dtype_device(input, "input", target, "target")
         check_finite(target, "target")
         # each entry is rounded to the target's precision, so allow one machine epsilon of slack
         tol = max(1e-4, float(torch.finfo(target.dtype).eps))
@@ -251,28 +251,27 @@ def _prepare(
             raise TypeError(
                 f"target must hold integer class indices (torch.long), got dtype {target.dtype} "
                 f"with shape {tuple(target.shape)}; class probabilities must have the shape of "
-                f"logits {tuple(logits.shape)}"
+                f"input {tuple(input.shape)}"
             )
-        check_class_index(target, "target", num_classes, batch_shape=(logits.shape[0],))
-        if target.device != logits.device:
+        check_class_index(target, "target", num_classes, batch_shape=(input.shape[0],))
+        if target.device != input.device:
             raise ValueError(
-                f"target must be on the same device as logits ({logits.device}), "
-                f"got {target.device}"
+                f"target must be on the same device as input ({input.device}), got {target.device}"
             )
         is_index = True
     else:
         raise ValueError(
-            f"target must have shape ({logits.shape[0]},) (class indices) or "
-            f"{tuple(logits.shape)} (class probabilities), got {tuple(target.shape)}"
+            f"target must have shape ({input.shape[0]},) (class indices) or "
+            f"{tuple(input.shape)} (class probabilities), got {tuple(target.shape)}"
         )
 
     if weight is not None:
         weight = check_tensor(weight, "weight", ndim=1)
         check_shape(weight, "weight", (num_classes,))
-        check_same_dtype_device(logits, "logits", weight, "weight")
+        check_same_dtype_device(input, "input", weight, "weight")
         check_finite(weight, "weight")
         check_in_range(weight, "weight", 0.0, float("inf"), what="non-negative class weights")
-    return logits, target, weight, eps, is_index, unbatched
+    return input, target, weight, eps, is_index, unbatched
 
 
 def _coefficients(
@@ -320,7 +319,7 @@ def _denominator(batch: int, sample_weight: Tensor | None) -> Tensor | int:
 
 
 def cross_entropy(
-    logits: Tensor,
+    input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
     label_smoothing: float = 0.0,
@@ -329,7 +328,7 @@ def cross_entropy(
     r"""Softmax cross-entropy between logits and a target, with the semantics of
     :func:`torch.nn.functional.cross_entropy`.
 
-    With :math:`\log p_{bc}` = ``log_softmax(logits)[b, c]``, the loss of sample :math:`b` is
+    With :math:`\log p_{bc}` = ``log_softmax(input)[b, c]``, the loss of sample :math:`b` is
 
     * **class indices** :math:`y_b`:
       :math:`\ell_b = (1-\varepsilon)\, w_{y_b} (-\log p_{b y_b})
@@ -344,20 +343,20 @@ def cross_entropy(
     does; ``"sum"`` sums; ``"none"`` returns the :math:`\ell_b`.
 
     Args:
-        logits: (B, C) floating tensor of unnormalised scores, finite; or (C,) for one sample.
-            Per-position logits (B, C, d1, ...) are not supported: move the class dimension
-            last and flatten them to (B * d1 * ..., C).
+        input: (B, C) floating tensor of unnormalised scores (logits), finite; or (C,) for
+            one sample. Per-position logits (B, C, d1, ...) are not supported: move the class
+            dimension last and flatten them to (B * d1 * ..., C).
         target: (B,) integer class indices in [0, C) (0-d for unbatched logits), or (B, C)
-            class probabilities (same dtype as ``logits``; entries in [0, 1], rows summing to 1).
+            class probabilities (same dtype as ``input``; entries in [0, 1], rows summing to 1).
             torch's ``ignore_index`` is not supported: drop those rows instead.
-        weight: optional (C,) non-negative class weights, same dtype and device as ``logits``.
+        weight: optional (C,) non-negative class weights, same dtype and device as ``input``.
         label_smoothing: :math:`\varepsilon \in [0, 1]`, the weight of the uniform distribution
             mixed into the target.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Returns:
         a scalar, or (B,) per-sample losses for ``reduction="none"`` (0-d for unbatched logits),
-        in ``logits``' dtype.
+        in ``input``'s dtype.
 
     Raises:
         TypeError: non-tensors, integer logits, floating class indices, mismatched dtypes.
@@ -366,7 +365,7 @@ def cross_entropy(
             ``label_smoothing`` outside [0, 1], or a weighted mean whose weights are all zero.
 
     Shape:
-        - logits: ``(B, C)``, or ``(C,)`` for one sample.
+        - input: ``(B, C)``, or ``(C,)`` for one sample.
         - target: ``(B,)`` class indices (``()`` for unbatched logits), or ``(B, C)`` class
           probabilities (``(C,)`` for unbatched logits).
         - weight: ``(C,)``.
@@ -385,12 +384,12 @@ def cross_entropy(
         >>> torch.allclose(ours, F.cross_entropy(z, y, weight=w, label_smoothing=0.1))
         True
     """
-    logits, target, weight, eps, is_index, unbatched = _prepare(
-        logits, target, weight, label_smoothing
+    input, target, weight, eps, is_index, unbatched = _prepare(
+        input, target, weight, label_smoothing
     )
     check_reduction(reduction)
-    batch, num_classes = logits.shape
-    log_p = log_softmax(logits.to(compute_dtype(logits.dtype)), dim=1)
+    batch, num_classes = input.shape
+    log_p = log_softmax(input.to(compute_dtype(input.dtype)), dim=1)
     w = weight.to(log_p.dtype) if weight is not None else None
     sample_weight: Tensor | None = None
     if is_index:
@@ -413,17 +412,17 @@ def cross_entropy(
         out = loss.sum()
     else:
         out = loss.sum() / _denominator(batch, sample_weight)
-    return out.to(logits.dtype)
+    return out.to(input.dtype)
 
 
 def cross_entropy_grad(
-    logits: Tensor,
+    input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""The analytic gradient of :func:`cross_entropy` with respect to ``logits``.
+    r"""The analytic gradient of :func:`cross_entropy` with respect to ``input``.
 
     Writing each sample's loss as :math:`\ell_b = -\sum_c a_{bc} \log p_{bc}` (see
     :func:`cross_entropy` for the coefficients :math:`a`), the derivative through the softmax
@@ -437,21 +436,21 @@ def cross_entropy_grad(
     with label smoothing.
 
     Which gradient: with the default ``reduction="mean"`` this is the gradient of
-    ``cross_entropy(logits, target)`` itself, the mean over the batch, so each row is
+    ``cross_entropy(input, target)`` itself, the mean over the batch, so each row is
     :math:`(p_b - y_b) / B` (divided by :math:`\sum_b w_{y_b}` instead of B for weighted index
     targets). With ``reduction="sum"`` it is the gradient of the sum, each row
     :math:`p_b - y_b`; ``reduction="none"`` returns the same matrix, read as the per-sample
     gradients (row b is the gradient of :math:`\ell_b`, which depends on row b only).
 
     Args:
-        logits, target, weight, label_smoothing, reduction: as for :func:`cross_entropy`.
+        input, target, weight, label_smoothing, reduction: as for :func:`cross_entropy`.
 
     Returns:
-        a tensor of ``logits``' shape, dtype and device.
+        a tensor of ``input``'s shape, dtype and device.
 
     Shape:
-        - logits, target, weight: as for :func:`cross_entropy`.
-        - output: the shape of ``logits``, ``(B, C)`` or ``(C,)``.
+        - input, target, weight: as for :func:`cross_entropy`.
+        - output: the shape of ``input``, ``(B, C)`` or ``(C,)``.
 
     Examples:
         >>> import torch
@@ -464,17 +463,17 @@ def cross_entropy_grad(
         >>> torch.allclose(cross_entropy_grad(z.detach(), y, label_smoothing=0.1), z.grad)
         True
     """
-    logits_in = logits
-    logits, target, weight, eps, is_index, unbatched = _prepare(
-        logits, target, weight, label_smoothing
+    out_dtype = input.dtype
+    input, target, weight, eps, is_index, unbatched = _prepare(
+        input, target, weight, label_smoothing
     )
     check_reduction(reduction)
-    batch, num_classes = logits.shape
-    p = softmax(logits.to(compute_dtype(logits.dtype)), dim=1)
+    batch, num_classes = input.shape
+    p = softmax(input.to(compute_dtype(input.dtype)), dim=1)
     a, sample_weight = _coefficients(target, weight, eps, is_index, num_classes, p)
     grad = p * a.sum(1, keepdim=True) - a
     if reduction == "mean":
         grad = grad / _denominator(batch, sample_weight)
     if unbatched:
         grad = grad.squeeze(0)
-    return grad.to(logits_in.dtype)
+    return grad.to(out_dtype)

@@ -115,17 +115,16 @@ def test_preserves_shape_dtype_and_empty_input() -> None:
     "fn", [S.sigmoid, S.sigmoid_grad, S.softplus, S.log_sigmoid, S.log1m_sigmoid, S.logit]
 )
 def test_bad_input(fn: Callable[..., Tensor]) -> None:
-    name = "p" if fn is S.logit else "x"
-    with pytest.raises(TypeError, match=rf"{name} must be a torch.Tensor, got float"):
+    with pytest.raises(TypeError, match=r"^input must be a torch.Tensor, got float"):
         fn(0.5)
-    with pytest.raises(TypeError, match=rf"{name} must be a floating-point tensor .*int64"):
+    with pytest.raises(TypeError, match=r"^input must be a floating-point tensor .*int64"):
         fn(torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match=rf"{name} contains NaN"):
+    with pytest.raises(ValueError, match=r"^input contains NaN"):
         fn(torch.tensor([0.5, float("nan")]))
 
 
 def test_logit_rejects_values_outside_the_unit_interval() -> None:
-    with pytest.raises(ValueError, match=r"p must hold probabilities in \[0.0, 1.0\]"):
+    with pytest.raises(ValueError, match=r"^input must hold probabilities in \[0.0, 1.0\]"):
         S.logit(torch.tensor([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"eps must be in \(0, 0.5\), got 0.7"):
         S.logit(torch.tensor([0.5]), eps=0.7)

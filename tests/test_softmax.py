@@ -138,19 +138,19 @@ def test_logsumexp_handles_infinities_like_torch() -> None:
 
 def test_softmax_family_bad_input() -> None:
     for fn in (S.softmax, S.log_softmax, S.logsumexp):
-        with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
+        with pytest.raises(TypeError, match=r"^input must be a torch.Tensor, got list"):
             fn([1.0, 2.0])
-        with pytest.raises(TypeError, match=r"x must be a floating-point tensor .*int64"):
+        with pytest.raises(TypeError, match=r"^input must be a floating-point tensor .*int64"):
             fn(torch.tensor([1, 2]))
-        with pytest.raises(ValueError, match=r"x contains NaN"):
+        with pytest.raises(ValueError, match=r"^input contains NaN"):
             fn(torch.tensor([1.0, float("nan")]))
         with pytest.raises(ValueError, match=r"dim must be in \[-2, 1\] .* got 2"):
             fn(torch.zeros(2, 3), 2)
         with pytest.raises(TypeError, match=r"dim must be an int, got float"):
             fn(torch.zeros(2, 3), 1.0)
-        with pytest.raises(ValueError, match=r"x must have at least one entry along dim 1"):
+        with pytest.raises(ValueError, match=r"^input must have at least one entry along dim 1"):
             fn(torch.zeros(2, 0), 1)
-        with pytest.raises(ValueError, match=r"x must have at least 1 dimension"):
+        with pytest.raises(ValueError, match=r"^input must have at least 1 dimension"):
             fn(torch.tensor(1.0))
 
 
@@ -288,13 +288,13 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         "mismatched batch sizes (index)",
         {"target": torch.tensor([0, 1, 2])},
         ValueError,
-        r"logits and target must have the same batch size .* got 4 for logits .* 3 for target",
+        r"input and target must have the same batch size .* got 4 for input .* 3 for target",
     ),
     (
         "mismatched batch sizes (probabilities)",
         {"target": torch.full((5, 3), 1 / 3)},
         ValueError,
-        r"logits and target must have the same batch size",
+        r"input and target must have the same batch size",
     ),
     (
         "index out of range",
@@ -313,7 +313,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         {"target": torch.tensor([0.0, 1.0, 2.0, 1.0])},
         TypeError,
         r"target must hold integer class indices \(torch.long\), got dtype torch.float32 .*"
-        r"class probabilities must have the shape of logits \(4, 3\)",
+        r"class probabilities must have the shape of input \(4, 3\)",
     ),
     (
         "boolean class indices",
@@ -337,13 +337,13 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         "probabilities of the wrong shape",
         {"target": torch.full((4, 2), 0.5)},
         ValueError,
-        r"target with class probabilities must have the shape of logits \(4, 3\), got \(4, 2\)",
+        r"target with class probabilities must have the shape of input \(4, 3\), got \(4, 2\)",
     ),
     (
         "probabilities of the wrong dtype",
         {"target": torch.full((4, 3), 1 / 3, dtype=torch.float64)},
         TypeError,
-        r"target must have the same dtype as logits \(torch.float32\), got torch.float64",
+        r"target must have the same dtype as input \(torch.float32\), got torch.float64",
     ),
     (
         "target of three dimensions",
@@ -353,27 +353,27 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ),
     (
         "empty batch",
-        {"logits": torch.zeros(0, 3), "target": torch.zeros(0, dtype=torch.long)},
+        {"input": torch.zeros(0, 3), "target": torch.zeros(0, dtype=torch.long)},
         ValueError,
-        r"logits must not be empty, got shape \(0, 3\)",
+        r"input must not be empty, got shape \(0, 3\)",
     ),
     (
         "per-position logits",
-        {"logits": torch.zeros(4, 3, 5), "target": torch.zeros(4, 5, dtype=torch.long)},
+        {"input": torch.zeros(4, 3, 5), "target": torch.zeros(4, 5, dtype=torch.long)},
         ValueError,
-        r"logits must have shape \(B, C\) or \(C,\), got \(4, 3, 5\);.*movedim\(1, -1\)",
+        r"input must have shape \(B, C\) or \(C,\), got \(4, 3, 5\);.*movedim\(1, -1\)",
     ),
     (
         "integer logits",
-        {"logits": torch.zeros(4, 3, dtype=torch.long)},
+        {"input": torch.zeros(4, 3, dtype=torch.long)},
         TypeError,
-        r"logits must be a floating-point tensor",
+        r"input must be a floating-point tensor",
     ),
     (
         "infinite logits",
-        {"logits": torch.tensor([[0.0, float("-inf"), 1.0]] * 4)},
+        {"input": torch.tensor([[0.0, float("-inf"), 1.0]] * 4)},
         ValueError,
-        r"logits must be finite",
+        r"input must be finite",
     ),
     (
         "target not a tensor",
@@ -397,7 +397,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         "weight of the wrong dtype",
         {"weight": torch.ones(3, dtype=torch.float64)},
         TypeError,
-        r"weight must have the same dtype as logits",
+        r"weight must have the same dtype as input",
     ),
     (
         "label smoothing above 1",
@@ -419,9 +419,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ),
     (
         "unbatched logits with a batch of indices",
-        {"logits": torch.zeros(3), "target": torch.tensor([1])},
+        {"input": torch.zeros(3), "target": torch.tensor([1])},
         ValueError,
-        r"target for unbatched logits of shape \(3,\) must be a 0-d class index",
+        r"target for unbatched input of shape \(3,\) must be a 0-d class index",
     ),
 ]
 
@@ -437,7 +437,7 @@ def test_bad_input(
     error: type[Exception],
     message: str,
 ) -> None:
-    args: dict[str, Any] = {"logits": LOGITS, "target": torch.tensor([0, 1, 2, 0])}
+    args: dict[str, Any] = {"input": LOGITS, "target": torch.tensor([0, 1, 2, 0])}
     args.update(kwargs)
     with pytest.raises(error, match=message):
         fn(**args)
