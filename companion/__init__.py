@@ -139,7 +139,9 @@ from companion.zoo import (
     weighted_loss,
 )
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here (a dynamic version),
+# and the site, CITATION.cff and CHANGELOG.md are checked against it (tests/test_release.py).
+__version__ = "0.2.0"
 
 __all__ = [
     "DISTANCES",
