@@ -52,7 +52,7 @@ from companion.sigmoid import log1m_sigmoid, log_sigmoid, sigmoid, softplus
 __all__ = ["LogisticRegression", "add_intercept", "logistic_gradient", "logistic_loss"]
 
 
-def logistic_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
+def logistic_loss(input: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The logistic loss (binary cross-entropy on logits), elementwise, then reduced.
 
     .. math::
@@ -67,10 +67,10 @@ def logistic_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean")
     and ``pos_weight`` options.
 
     Args:
-        logits: floating tensor of any non-empty shape, the log-odds :math:`z`.
+        input: floating tensor of any non-empty shape, the log-odds :math:`z`.
         target: tensor of the same shape, dtype and device: hard labels 0.0 / 1.0, or
             probabilities in :math:`[0, 1]` (soft labels), for which both terms contribute.
-        reduction: ``"none"`` (same shape as ``logits``), ``"mean"`` or ``"sum"``.
+        reduction: ``"none"`` (same shape as ``input``), ``"mean"`` or ``"sum"``.
 
     Raises:
         TypeError: if an argument is not a floating tensor, or the dtypes differ.
@@ -78,8 +78,8 @@ def logistic_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean")
             or an unknown ``reduction``.
 
     Shape:
-        - logits: ``(*)``, any non-empty shape.
-        - target: ``(*)``, the shape of ``logits``.
+        - input: ``(*)``, any non-empty shape.
+        - target: ``(*)``, the shape of ``input``.
         - output: scalar, or ``(*)`` with ``reduction="none"``.
 
     Examples:
@@ -93,12 +93,12 @@ def logistic_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean")
         True
     """
     check_reduction(reduction)
-    check_tensor(logits, "logits")
+    check_tensor(input, "input")
     check_tensor(target, "target")
-    check_same_shape(logits, "logits", target, "target")
-    check_same_dtype_device(logits, "logits", target, "target")
+    check_same_shape(input, "input", target, "target")
+    check_same_dtype_device(input, "input", target, "target")
     check_in_range(target, "target", 0.0, 1.0, what="probabilities")
-    return reduce_loss(_elementwise_loss(logits, target), reduction)
+    return reduce_loss(_elementwise_loss(input, target), reduction)
 
 
 def _elementwise_loss(z: Tensor, y: Tensor) -> Tensor:

@@ -57,31 +57,31 @@ __all__ = [
 ]
 
 
-def _check_logits_and_target(logits: object, target: object, *, ndim: int | None) -> None:
+def _check_input_and_target(input: object, target: object, *, ndim: int | None) -> None:
     """Validate a (logits, target) pair: floating, same shape/dtype/device, target in [0, 1]."""
-    check_tensor(logits, "logits", ndim=ndim)
+    check_tensor(input, "input", ndim=ndim)
     check_tensor(target, "target", ndim=ndim)
-    assert isinstance(logits, Tensor) and isinstance(target, Tensor)  # for mypy
-    check_finite(logits, "logits")
-    if logits.dim() > 0 and target.dim() > 0 and logits.shape[0] != target.shape[0]:
-        check_batch_size(logits, "logits", target, "target")
-    check_same_shape(logits, "logits", target, "target")
-    check_same_dtype_device(logits, "logits", target, "target")
+    assert isinstance(input, Tensor) and isinstance(target, Tensor)  # for mypy
+    check_finite(input, "input")
+    if input.dim() > 0 and target.dim() > 0 and input.shape[0] != target.shape[0]:
+        check_batch_size(input, "input", target, "target")
+    check_same_shape(input, "input", target, "target")
+    check_same_dtype_device(input, "input", target, "target")
     check_in_range(target, "target", 0.0, 1.0, what="labels or probabilities")
 
 
-def _check_weight(weight: object, name: str, logits: Tensor) -> Tensor:
-    """A non-negative floating tensor that broadcasts to ``logits.shape`` without enlarging it."""
+def _check_weight(weight: object, name: str, input: Tensor) -> Tensor:
+    """A non-negative floating tensor that broadcasts to ``input.shape`` without enlarging it."""
     check_tensor(weight, name)
     assert isinstance(weight, Tensor)  # for mypy
-    check_same_dtype_device(logits, "logits", weight, name)
+    check_same_dtype_device(input, "input", weight, name)
     try:
-        broadcast = torch.broadcast_shapes(weight.shape, logits.shape)
+        broadcast = torch.broadcast_shapes(weight.shape, input.shape)
     except RuntimeError:
         broadcast = None
-    if broadcast != logits.shape:
+    if broadcast != input.shape:
         raise ValueError(
-            f"{name} must broadcast to the shape of logits {tuple(logits.shape)}, "
+            f"{name} must broadcast to the shape of input {tuple(input.shape)}, "
             f"got shape {tuple(weight.shape)}"
         )
     check_finite(weight, name)
@@ -90,7 +90,7 @@ def _check_weight(weight: object, name: str, logits: Tensor) -> Tensor:
 
 
 def binary_cross_entropy_with_logits(
-    logits: Tensor,
+    input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
@@ -116,18 +116,18 @@ def binary_cross_entropy_with_logits(
     Same semantics as :func:`torch.nn.functional.binary_cross_entropy_with_logits`, including
     broadcasting: ``pos_weight`` of shape ``(C,)`` weights the positives of each of the ``C``
     labels along the last dimension (a common choice is #negatives / #positives of that label);
-    ``weight`` of any shape that broadcasts to ``logits`` rescales each element. With
+    ``weight`` of any shape that broadcasts to ``input`` rescales each element. With
     ``reduction="mean"`` the result is the plain mean of the weighted elements (not divided by
     the sum of the weights), as in torch.
 
     Args:
-        logits: floating tensor of any non-empty shape, e.g. ``(N, C)``: the log-odds.
+        input: floating tensor of any non-empty shape, e.g. ``(N, C)``: the log-odds.
         target: same shape, dtype and device: labels 0.0 / 1.0 or probabilities in
             :math:`[0, 1]`.
-        weight: optional non-negative tensor broadcastable to ``logits.shape``.
-        pos_weight: optional non-negative tensor broadcastable to ``logits.shape``, usually
+        weight: optional non-negative tensor broadcastable to ``input.shape``.
+        pos_weight: optional non-negative tensor broadcastable to ``input.shape``, usually
             ``(C,)``.
-        reduction: ``"none"`` (shape of ``logits``), ``"mean"`` or ``"sum"``.
+        reduction: ``"none"`` (shape of ``input``), ``"mean"`` or ``"sum"``.
 
     Raises:
         TypeError: if an argument is not a floating tensor, or the dtypes differ.
@@ -136,8 +136,8 @@ def binary_cross_entropy_with_logits(
             unknown ``reduction``.
 
     Shape:
-        - logits: ``(*)``, any non-empty shape, e.g. ``(N, C)``.
-        - target: ``(*)``, the shape of ``logits``.
+        - input: ``(*)``, any non-empty shape, e.g. ``(N, C)``.
+        - target: ``(*)``, the shape of ``input``.
         - weight, pos_weight: broadcastable to ``(*)``; ``pos_weight`` usually ``(C,)``.
         - output: scalar, or ``(*)`` with ``reduction="none"``.
 
@@ -154,18 +154,18 @@ def binary_cross_entropy_with_logits(
         tensor(4.2484e-18)
     """
     check_reduction(reduction)
-    _check_logits_and_target(logits, target, ndim=None)
-    positive_term = target * softplus(-logits)  # -y log sigma(x)
+    _check_input_and_target(input, target, ndim=None)
+    positive_term = target * softplus(-input)  # -y log sigma(x)
     if pos_weight is not None:
-        positive_term = _check_weight(pos_weight, "pos_weight", logits) * positive_term
-    loss = positive_term + (1 - target) * softplus(logits)  # + -(1 - y) log(1 - sigma(x))
+        positive_term = _check_weight(pos_weight, "pos_weight", input) * positive_term
+    loss = positive_term + (1 - target) * softplus(input)  # + -(1 - y) log(1 - sigma(x))
     if weight is not None:
-        loss = _check_weight(weight, "weight", logits) * loss
+        loss = _check_weight(weight, "weight", input) * loss
     return reduce_loss(loss, reduction)
 
 
 def multilabel_soft_margin_loss(
-    logits: Tensor, target: Tensor, reduction: Reduction = "mean"
+    input: Tensor, target: Tensor, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The multi-label soft-margin loss: binary cross-entropy averaged over the labels of a sample.
 
@@ -182,7 +182,7 @@ def multilabel_soft_margin_loss(
     Same as :func:`torch.nn.functional.multilabel_soft_margin_loss` without its ``weight``.
 
     Args:
-        logits: floating tensor ``(N, C)``.
+        input: floating tensor ``(N, C)``.
         target: ``(N, C)``, same dtype and device, labels 0.0 / 1.0 or probabilities.
         reduction: ``"none"`` (shape ``(N,)``), ``"mean"`` or ``"sum"``.
 
@@ -191,7 +191,7 @@ def multilabel_soft_margin_loss(
             are not two-dimensional.
 
     Shape:
-        - logits: ``(N, C)``.
+        - input: ``(N, C)``.
         - target: ``(N, C)``.
         - output: scalar, or ``(N,)`` with ``reduction="none"``.
 
@@ -207,12 +207,12 @@ def multilabel_soft_margin_loss(
         True
     """
     check_reduction(reduction)
-    _check_logits_and_target(logits, target, ndim=2)
-    per_element = binary_cross_entropy_with_logits(logits, target, reduction="none")
+    _check_input_and_target(input, target, ndim=2)
+    per_element = binary_cross_entropy_with_logits(input, target, reduction="none")
     return reduce_loss(per_element.mean(dim=1), reduction)
 
 
-def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
+def predict_labels(input: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
     r"""Predict which labels are present: :math:`\sigma(x_c) \ge t_c`.
 
     The comparison is made in logit space, :math:`x_c \ge \operatorname{logit}(t_c)`, which is
@@ -221,20 +221,20 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
     A threshold of 0 predicts every label, a threshold of 1 none (for finite logits).
 
     Args:
-        logits: floating tensor ``(..., C)`` of log-odds.
+        input: floating tensor ``(..., C)`` of log-odds.
         threshold: one probability in :math:`[0, 1]` for every label, or a floating tensor of
             shape ``(C,)`` with one threshold per label.
 
     Returns:
-        A boolean tensor of the shape of ``logits``, True where a label is predicted present.
+        A boolean tensor of the shape of ``input``, True where a label is predicted present.
 
     Raises:
-        TypeError: if ``logits`` or ``threshold`` has the wrong type.
+        TypeError: if ``input`` or ``threshold`` has the wrong type.
         ValueError: if a threshold lies outside :math:`[0, 1]`, or a per-label ``threshold``
             does not have shape ``(C,)``.
 
     Shape:
-        - logits: ``(*, C)``.
+        - input: ``(*, C)``.
         - threshold: a number, or ``(C,)``.
         - output: ``(*, C)``, bool.
 
@@ -250,17 +250,17 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
         tensor([[ True, False, False],
                 [False,  True, False]])
     """
-    check_tensor(logits, "logits", allow_empty=True, allow_inf=True)
-    work = compute_dtype(logits.dtype)
+    check_tensor(input, "input", allow_empty=True, allow_inf=True)
+    work = compute_dtype(input.dtype)
     if isinstance(threshold, Tensor):
         check_tensor(threshold, "threshold", ndim=1)
-        if logits.dim() == 0 or threshold.shape[0] != logits.shape[-1]:
-            want = (logits.shape[-1],) if logits.dim() else "a float for 0-d logits"
+        if input.dim() == 0 or threshold.shape[0] != input.shape[-1]:
+            want = (input.shape[-1],) if input.dim() else "a float for 0-d input"
             raise ValueError(
                 f"threshold must have shape {want} (one per label), got {tuple(threshold.shape)}"
             )
         check_in_range(threshold, "threshold", 0.0, 1.0, what="probabilities")
-        t = threshold.detach().to(device=logits.device, dtype=torch.float64)
+        t = threshold.detach().to(device=input.device, dtype=torch.float64)
     elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(
             f"threshold must be a float or a tensor of shape (C,), got {type(threshold).__name__}"
@@ -268,9 +268,9 @@ def predict_labels(logits: Tensor, threshold: float | Tensor = 0.5) -> Tensor:
     else:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-        t = torch.tensor(float(threshold), dtype=torch.float64, device=logits.device)
+        t = torch.tensor(float(threshold), dtype=torch.float64, device=input.device)
     cut = (torch.log(t) - torch.log1p(-t)).to(work)  # logit(t); +-inf at 1 and 0
-    return logits.to(work) >= cut
+    return input.to(work) >= cut
 
 
 def _as_label_matrix(x: object, name: str) -> Tensor:

@@ -192,13 +192,13 @@ def _t(*values: float, dtype: torch.dtype = F64) -> Tensor:
 
 
 LOSS_BAD_INPUT = [
-    ((0.5, _t(1.0)), TypeError, r"logits must be a torch.Tensor, got float"),
+    ((0.5, _t(1.0)), TypeError, r"input must be a torch.Tensor, got float"),
     ((_t(0.5), torch.tensor([1])), TypeError, r"target must be a floating-point tensor .*int64"),
-    ((_t(0.5, 1.0), _t(1.0)), ValueError, r"target must have the same shape as logits \(2,\)"),
-    ((_t(), _t()), ValueError, r"logits must not be empty"),
+    ((_t(0.5, 1.0), _t(1.0)), ValueError, r"target must have the same shape as input \(2,\)"),
+    ((_t(), _t()), ValueError, r"input must not be empty"),
     ((_t(0.5), _t(1.5)), ValueError, r"target must hold probabilities in \[0.0, 1.0\].*1.5"),
     ((_t(0.5), _t(-0.1)), ValueError, r"target must hold probabilities in \[0.0, 1.0\]"),
-    ((_t(float("nan")), _t(1.0)), ValueError, r"logits contains NaN"),
+    ((_t(float("nan")), _t(1.0)), ValueError, r"input contains NaN"),
     ((_t(0.5), _t(1.0, dtype=torch.float32)), TypeError, r"target must have the same dtype"),
 ]
 

@@ -262,7 +262,7 @@ def _x() -> Tensor:
 
 
 BAD_BCE: list[tuple[str, dict[str, object], type[Exception], str]] = [
-    ("logits not a tensor", {"logits": [[0.0]]}, TypeError, "logits must be a torch.Tensor"),
+    ("input not a tensor", {"input": [[0.0]]}, TypeError, "input must be a torch.Tensor"),
     (
         "integer target",
         {"target": torch.zeros(4, 3, dtype=torch.long)},
@@ -273,13 +273,13 @@ BAD_BCE: list[tuple[str, dict[str, object], type[Exception], str]] = [
         "batch mismatch",
         {"target": torch.zeros(5, 3)},
         ValueError,
-        r"logits and target must have the same batch size .* got 4 .* and 5",
+        r"input and target must have the same batch size .* got 4 .* and 5",
     ),
     (
         "label count mismatch",
         {"target": torch.zeros(4, 2)},
         ValueError,
-        r"target must have the same shape as logits \(4, 3\), got \(4, 2\)",
+        r"target must have the same shape as input \(4, 3\), got \(4, 2\)",
     ),
     (
         "target above 1",
@@ -295,39 +295,39 @@ BAD_BCE: list[tuple[str, dict[str, object], type[Exception], str]] = [
     ),
     (
         "empty batch",
-        {"logits": torch.zeros(0, 3), "target": torch.zeros(0, 3)},
+        {"input": torch.zeros(0, 3), "target": torch.zeros(0, 3)},
         ValueError,
-        r"logits must not be empty, got shape \(0, 3\)",
+        r"input must not be empty, got shape \(0, 3\)",
     ),
     (
         "NaN logits",
-        {"logits": torch.tensor([[0.0, float("nan"), 0.0]] * 4)},
+        {"input": torch.tensor([[0.0, float("nan"), 0.0]] * 4)},
         ValueError,
-        "logits contains NaN",
+        "input contains NaN",
     ),
     (
         "infinite logits",
-        {"logits": torch.tensor([[0.0, float("inf"), 0.0]] * 4)},
+        {"input": torch.tensor([[0.0, float("inf"), 0.0]] * 4)},
         ValueError,
-        "logits must be finite",
+        "input must be finite",
     ),
     (
         "dtype mismatch",
         {"target": torch.zeros(4, 3, dtype=torch.float64)},
         TypeError,
-        r"target must have the same dtype as logits \(torch.float32\), got torch.float64",
+        r"target must have the same dtype as input \(torch.float32\), got torch.float64",
     ),
     (
         "pos_weight wrong length",
         {"pos_weight": torch.ones(4)},
         ValueError,
-        r"pos_weight must broadcast to the shape of logits \(4, 3\), got shape \(4,\)",
+        r"pos_weight must broadcast to the shape of input \(4, 3\), got shape \(4,\)",
     ),
     (
         "weight enlarges the output",
         {"weight": torch.ones(2, 4, 3)},
         ValueError,
-        r"weight must broadcast to the shape of logits \(4, 3\), got shape \(2, 4, 3\)",
+        r"weight must broadcast to the shape of input \(4, 3\), got shape \(2, 4, 3\)",
     ),
     (
         "negative pos_weight",
@@ -345,19 +345,19 @@ BAD_BCE: list[tuple[str, dict[str, object], type[Exception], str]] = [
 def test_bce_bad_input(
     case: str, kwargs: dict[str, object], error: type[Exception], message: str
 ) -> None:
-    args: dict[str, object] = {"logits": _x(), "target": _x(), **kwargs}
+    args: dict[str, object] = {"input": _x(), "target": _x(), **kwargs}
     with pytest.raises(error, match=message):
         M.binary_cross_entropy_with_logits(**args)  # type: ignore[arg-type]
 
 
 def test_soft_margin_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"logits must have 2 dimension\(s\), got 1"):
+    with pytest.raises(ValueError, match=r"input must have 2 dimension\(s\), got 1"):
         M.multilabel_soft_margin_loss(torch.zeros(3), torch.zeros(3))
-    with pytest.raises(ValueError, match="logits and target must have the same batch size"):
+    with pytest.raises(ValueError, match="input and target must have the same batch size"):
         M.multilabel_soft_margin_loss(torch.zeros(3, 2), torch.zeros(2, 2))
     with pytest.raises(ValueError, match=r"target must hold labels or probabilities in \[0.0, 1"):
         M.multilabel_soft_margin_loss(torch.zeros(3, 2), torch.full((3, 2), 1.5))
-    with pytest.raises(ValueError, match=r"logits must not be empty"):
+    with pytest.raises(ValueError, match=r"input must not be empty"):
         M.multilabel_soft_margin_loss(torch.zeros(0, 2), torch.zeros(0, 2))
 
 
@@ -371,7 +371,7 @@ def test_predict_labels_bad_input() -> None:
         M.predict_labels(x, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match=r"threshold must hold probabilities in \[0.0, 1.0\]"):
         M.predict_labels(x, torch.tensor([0.5, -0.1, 0.5]))
-    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
+    with pytest.raises(TypeError, match="input must be a floating-point tensor"):
         M.predict_labels(torch.zeros(2, 3, dtype=torch.long))
 
 
