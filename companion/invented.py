@@ -61,13 +61,13 @@ __all__ = [
 ]
 
 
-def _check_inputs(logits: Tensor, target: Tensor, reduction: str) -> None:
-    check_tensor(logits, "logits", ndim=2)
-    check_finite(logits, "logits")
-    check_class_index(target, "target", logits.shape[1], batch_shape=(logits.shape[0],))
-    if target.device != logits.device:
+def _check_inputs(input: Tensor, target: Tensor, reduction: str) -> None:
+    check_tensor(input, "input", ndim=2)
+    check_finite(input, "input")
+    check_class_index(target, "target", input.shape[1], batch_shape=(input.shape[0],))
+    if target.device != input.device:
         raise ValueError(
-            f"target must be on the same device as logits ({logits.device}), got {target.device}"
+            f"target must be on the same device as input ({input.device}), got {target.device}"
         )
     check_reduction(reduction)
 
@@ -108,11 +108,11 @@ def _expm1_linear_tail(t: Tensor) -> Tensor:
     return torch.expm1(t.clamp(max=c)) + math.exp(c) * (t - c).clamp(min=0)
 
 
-def target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
+def target_log_prob(input: Tensor, target: Tensor) -> Tensor:
     r"""The log-probability of each row's target class, :math:`\log p_y = z_y - \log\sum_j e^{z_j}`.
 
     Args:
-        logits: ``(B, C)`` floating tensor.
+        input: the logits :math:`z`, a ``(B, C)`` floating tensor.
         target: ``(B,)`` integer class indices in ``[0, C)``.
 
     Returns:
@@ -120,7 +120,7 @@ def target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
         logits; its gradient is :math:`e_y - p`).
 
     Shape:
-        - logits: ``(B, C)``.
+        - input: ``(B, C)``.
         - target: ``(B,)``.
         - output: ``(B,)``.
 
@@ -131,15 +131,15 @@ def target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
         >>> target_log_prob(logits, torch.tensor([0, 1]))  # log(1/2), -log(1 + e^2)
         tensor([-0.6931, -2.1269])
     """
-    _check_inputs(logits, target, "none")
-    return _target_log_prob(logits, target)
+    _check_inputs(input, target, "none")
+    return _target_log_prob(input, target)
 
 
-def _target_log_prob(logits: Tensor, target: Tensor) -> Tensor:
-    return F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+def _target_log_prob(input: Tensor, target: Tensor) -> Tensor:
+    return F.log_softmax(input, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
 
 
-def dot_product_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
+def dot_product_loss(input: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The negative dot product of the one-hot target and the softmax: :math:`-p_y`.
 
     :math:`L = -\langle e_y, \operatorname{softmax}(z) \rangle = -p_y`, computed as
@@ -151,15 +151,16 @@ def dot_product_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mea
     ``alpha=-1``.
 
     Args:
-        logits: ``(B, C)`` floating tensor (float32, float64 or bfloat16), finite.
+        input: the logits :math:`z`, a ``(B, C)`` floating tensor (float32, float64 or
+            bfloat16), finite.
         target: ``(B,)`` integer class indices in ``[0, C)``, on the same device.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
 
     Returns:
-        The loss, in the dtype and on the device of ``logits``.
+        The loss, in the dtype and on the device of ``input``.
 
     Shape:
-        - logits: ``(B, C)``.
+        - input: ``(B, C)``.
         - target: ``(B,)``.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
@@ -172,12 +173,12 @@ def dot_product_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mea
         >>> torch.allclose(dot_product_loss(z, y), -torch.softmax(z, dim=1)[0, 0])
         True
     """
-    _check_inputs(logits, target, reduction)
-    loss = -torch.exp(_target_log_prob(logits, target))
+    _check_inputs(input, target, reduction)
+    loss = -torch.exp(_target_log_prob(input, target))
     return reduce_loss(loss, reduction)
 
 
-def inverse_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
+def inverse_loss(input: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     r"""The inverse of the target probability: :math:`1 / p_y = e^{-\log p_y}`.
 
     Its minimum is 1 (at :math:`p_y = 1`); its gradient with respect to the logits is
@@ -191,12 +192,13 @@ def inverse_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") 
     + 1``.
 
     Args:
-        logits: ``(B, C)`` floating tensor (float32, float64 or bfloat16), finite.
+        input: the logits :math:`z`, a ``(B, C)`` floating tensor (float32, float64 or
+            bfloat16), finite.
         target: ``(B,)`` integer class indices in ``[0, C)``, on the same device.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
 
     Shape:
-        - logits: ``(B, C)``.
+        - input: ``(B, C)``.
         - target: ``(B,)``.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
@@ -209,14 +211,14 @@ def inverse_loss(logits: Tensor, target: Tensor, reduction: Reduction = "mean") 
         >>> torch.isfinite(far_off)  # continued linearly above exponent_threshold
         tensor(True)
     """
-    _check_inputs(logits, target, reduction)
-    nll = -_target_log_prob(logits, target)
+    _check_inputs(input, target, reduction)
+    nll = -_target_log_prob(input, target)
     loss = 1 + _expm1_linear_tail(nll)
     return reduce_loss(loss, reduction)
 
 
 def inverse_power_loss(
-    logits: Tensor, target: Tensor, alpha: float = 0.2, reduction: Reduction = "mean"
+    input: Tensor, target: Tensor, alpha: float = 0.2, reduction: Reduction = "mean"
 ) -> Tensor:
     r"""The power family :math:`(p_y^{-\alpha} - 1)/\alpha`; cross-entropy at :math:`\alpha = 0`.
 
@@ -242,13 +244,14 @@ def inverse_power_loss(
     values and gradients stay finite for every finite input.
 
     Args:
-        logits: ``(B, C)`` floating tensor (float32, float64 or bfloat16), finite.
+        input: the logits :math:`z`, a ``(B, C)`` floating tensor (float32, float64 or
+            bfloat16), finite.
         target: ``(B,)`` integer class indices in ``[0, C)``, on the same device.
         alpha: any finite real number; 0.2 is the value tried in the source this comes from.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` or ``"sum"``.
 
     Shape:
-        - logits: ``(B, C)``.
+        - input: ``(B, C)``.
         - target: ``(B,)``.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
@@ -263,7 +266,7 @@ def inverse_power_loss(
         tensor(0.7500)
     """
     a = _check_alpha(alpha)
-    _check_inputs(logits, target, reduction)
-    nll = -_target_log_prob(logits, target)
+    _check_inputs(input, target, reduction)
+    nll = -_target_log_prob(input, target)
     loss = nll if a == 0.0 else _expm1_linear_tail(a * nll) / a
     return reduce_loss(loss, reduction)

@@ -19,8 +19,8 @@ Loss = Callable[..., Tensor]
 
 
 def _power(alpha: float) -> Loss:
-    def loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-        return I.inverse_power_loss(logits, target, alpha=alpha, reduction=reduction)
+    def loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        return I.inverse_power_loss(input, target, alpha=alpha, reduction=reduction)
 
     return loss
 
@@ -220,16 +220,16 @@ GOOD_LOGITS = torch.zeros(3, 4)
 GOOD_TARGET = torch.tensor([0, 1, 3])
 
 BAD_INPUTS: list[tuple[dict[str, object], type[Exception], str]] = [
-    ({"logits": [[0.0, 1.0]]}, TypeError, r"logits must be a torch.Tensor, got list"),
-    ({"logits": torch.zeros(3, 4, dtype=torch.long)}, TypeError, r"logits must be a floating"),
-    ({"logits": torch.zeros(4)}, ValueError, r"logits must have 2 dimension\(s\), got 1"),
+    ({"input": [[0.0, 1.0]]}, TypeError, r"input must be a torch.Tensor, got list"),
+    ({"input": torch.zeros(3, 4, dtype=torch.long)}, TypeError, r"input must be a floating"),
+    ({"input": torch.zeros(4)}, ValueError, r"input must have 2 dimension\(s\), got 1"),
     (
-        {"logits": torch.zeros(0, 4), "target": torch.zeros(0, dtype=torch.long)},
+        {"input": torch.zeros(0, 4), "target": torch.zeros(0, dtype=torch.long)},
         ValueError,
-        r"logits must not be empty",
+        r"input must not be empty",
     ),
-    ({"logits": torch.tensor([[0.0, float("nan")]] * 3)}, ValueError, r"logits contains NaN"),
-    ({"logits": torch.tensor([[0.0, float("inf")]] * 3)}, ValueError, r"logits must be finite"),
+    ({"input": torch.tensor([[0.0, float("nan")]] * 3)}, ValueError, r"input contains NaN"),
+    ({"input": torch.tensor([[0.0, float("inf")]] * 3)}, ValueError, r"input must be finite"),
     ({"target": torch.tensor([0.0, 1.0, 3.0])}, TypeError, r"target must hold integer class"),
     ({"target": [0, 1, 3]}, TypeError, r"target must be a torch.Tensor of class indices"),
     (
@@ -250,7 +250,7 @@ def test_bad_input(
     name: str, change: dict[str, object], error: type[Exception], message: str
 ) -> None:
     loss, _, _ = CASES[name]
-    kwargs: dict[str, object] = {"logits": GOOD_LOGITS, "target": GOOD_TARGET, "reduction": "mean"}
+    kwargs: dict[str, object] = {"input": GOOD_LOGITS, "target": GOOD_TARGET, "reduction": "mean"}
     kwargs.update(change)
     with pytest.raises(error, match=message):
         loss(**kwargs)
