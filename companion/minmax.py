@@ -211,16 +211,15 @@ def class_separation(
     """
     _check_distance(distance)
     _check_options(radius, temperature)
-    _check_class_embeddings(class_embeddings)
+    _check_class_embeddings(class_embeddings, "class_embeddings")
     return _separation(_constrain(class_embeddings, radius), distance, temperature)
 
 
-def _check_class_embeddings(class_embeddings: Tensor) -> None:
-    check_tensor(class_embeddings, "class_embeddings", ndim=2)
-    if class_embeddings.shape[0] < 2:
+def _check_class_embeddings(embeddings: Tensor, name: str) -> None:
+    check_tensor(embeddings, name, ndim=2)
+    if embeddings.shape[0] < 2:
         raise ValueError(
-            "class_embeddings must hold at least 2 classes (rows), "
-            f"got shape {tuple(class_embeddings.shape)}"
+            f"{name} must hold at least 2 classes (rows), got shape {tuple(embeddings.shape)}"
         )
 
 
@@ -248,7 +247,7 @@ def _check_negatives(negatives: object, target: Tensor, num_classes: int) -> Ten
 
 def min_max_loss(
     features: Tensor,
-    class_embeddings: Tensor,
+    weight: Tensor,
     target: Tensor,
     distance: str = "cosine",
     negatives: Tensor | None = None,
@@ -262,8 +261,9 @@ def min_max_loss(
 
     Args:
         features: encoded samples :math:`f_i`, floating tensor of shape ``(N, D)``.
-        class_embeddings: the class embeddings, shape ``(K, D)``, same dtype and device; they are
-            rescaled to norm ``radius`` before use (the norm constraint).
+        weight: the class embeddings :math:`c_k`, one row per class, shape ``(K, D)``, same
+            dtype and device as ``features``; they are rescaled to norm ``radius`` before use
+            (the norm constraint).
         target: class indices of shape ``(N,)`` in ``[0, K)``.
         distance: ``"cosine"`` (:math:`1 - \cos`), ``"l2"`` (squared Euclidean) or ``"kl"``
             (symmetrised KL between softmax distributions).
@@ -279,7 +279,7 @@ def min_max_loss(
             soft minimum instead, weighting the closest pairs most.
 
     Shape:
-        - features: ``(N, D)``; class_embeddings: ``(K, D)``; target: ``(N,)`` int64 or int32;
+        - features: ``(N, D)``; weight: ``(K, D)``; target: ``(N,)`` int64 or int32;
           negatives: ``(N,)`` or ``(N, M)``.
         - output: scalar, or ``(N,)`` with ``reduction="none"``.
 
@@ -300,20 +300,20 @@ def min_max_loss(
     check_positive(separation_weight, "separation_weight", allow_zero=True)
     check_tensor(features, "features", ndim=2)
     check_finite(features, "features")
-    _check_class_embeddings(class_embeddings)
-    check_finite(class_embeddings, "class_embeddings")
-    check_same_dtype_device(features, "features", class_embeddings, "class_embeddings")
-    if features.shape[1] != class_embeddings.shape[1]:
+    _check_class_embeddings(weight, "weight")
+    check_finite(weight, "weight")
+    check_same_dtype_device(features, "features", weight, "weight")
+    if features.shape[1] != weight.shape[1]:
         raise ValueError(
-            "class_embeddings must have the same embedding size as features "
-            f"({features.shape[1]}), got shape {tuple(class_embeddings.shape)}"
+            "weight must have the same embedding size as features "
+            f"({features.shape[1]}), got shape {tuple(weight.shape)}"
         )
-    num_classes = class_embeddings.shape[0]
+    num_classes = weight.shape[0]
     if isinstance(target, Tensor) and target.dim() >= 1:
         check_batch_size(features, "features", target, "target")
     target = check_class_index(target, "target", num_classes, batch_shape=(features.shape[0],))
 
-    c = _constrain(class_embeddings, radius)
+    c = _constrain(weight, radius)
     pull = _distance(features, c[target], distance)
     if negatives is None:
         push = _separation(c, distance, temperature).expand_as(pull)
@@ -392,7 +392,7 @@ class LabelEmbeddingClassifier(nn.Module):
         device, dtype: of the default encoder and of the class embeddings.
 
     Shape:
-        - x: ``(N, in_features)``; forward returns the features ``(N, embedding_dim)``;
+        - input: ``(N, in_features)``; forward returns the features ``(N, embedding_dim)``;
           :meth:`scores` and :meth:`predict_labels` return ``(N, num_classes)``.
 
     Examples:
@@ -448,35 +448,35 @@ class LabelEmbeddingClassifier(nn.Module):
         """The constrained class embeddings, shape ``(K, D)``, each of norm ``radius``."""
         return _constrain(self.weight, self.radius)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         """The features :math:`f`, shape ``(N, embedding_dim)``."""
-        check_tensor(x, "x", ndim=2)
-        check_finite(x, "x")
-        features: Tensor = self.encoder(x)
+        check_tensor(input, "input", ndim=2)
+        check_finite(input, "input")
+        features: Tensor = self.encoder(input)
         return features
 
-    def scores(self, x: Tensor) -> Tensor:
+    def scores(self, input: Tensor) -> Tensor:
         r"""Per-class scores :math:`\sigma(s\cos(f, \tilde c_k))`, shape ``(N, K)``, in (0, 1)."""
-        f = normalize(self(x), dim=-1)
+        f = normalize(self(input), dim=-1)
         c = normalize(self.weight, dim=-1)
         return torch.sigmoid(self.scale * f @ c.T)
 
-    def predict_labels(self, x: Tensor, threshold: float = 0.5) -> Tensor:
+    def predict_labels(self, input: Tensor, threshold: float = 0.5) -> Tensor:
         """Boolean label matrix, shape ``(N, K)``: which classes score above ``threshold``."""
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        return self.scores(x) > threshold
+        return self.scores(input) > threshold
 
     def loss(
         self,
-        x: Tensor,
+        input: Tensor,
         target: Tensor,
         negatives: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
-        """The Min-Max loss of the batch ``x`` with class indices ``target``."""
+        """The Min-Max loss of the batch ``input`` with class indices ``target``."""
         return min_max_loss(
-            self(x),
+            self(input),
             self.weight,
             target,
             self.distance,

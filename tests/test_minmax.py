@@ -302,9 +302,9 @@ def test_partially_tagged_clusters() -> None:
 BAD_LOSS_INPUT = [
     ({"features": torch.zeros(3)}, ValueError, r"features must have 2 dimension\(s\), got 1"),
     ({"features": torch.zeros(0, 2)}, ValueError, r"features must not be empty"),
-    ({"class_embeddings": torch.ones(1, 2)}, ValueError, r"class_embeddings must hold at least 2"),
-    ({"class_embeddings": torch.ones(3, 5)}, ValueError, r"same embedding size as features \(2\)"),
-    ({"class_embeddings": torch.ones(3, 2, dtype=F64)}, TypeError, r"class_embeddings must have"),
+    ({"weight": torch.ones(1, 2)}, ValueError, r"^weight must hold at least 2"),
+    ({"weight": torch.ones(3, 5)}, ValueError, r"^weight must have the same embedding size as"),
+    ({"weight": torch.ones(3, 2, dtype=F64)}, TypeError, r"^weight must have"),
     ({"target": torch.tensor([0.0, 1.0, 1.0])}, TypeError, r"target must hold integer class"),
     (
         {"target": torch.tensor([0, 3, 1])},
@@ -331,7 +331,7 @@ BAD_LOSS_INPUT = [
 def test_loss_bad_input(override: dict[str, object], error: type[Exception], message: str) -> None:
     args: dict[str, object] = {
         "features": torch.randn(3, 2),
-        "class_embeddings": torch.randn(3, 2),
+        "weight": torch.randn(3, 2),
         "target": torch.tensor([0, 2, 1]),
     }
     args.update(override)
@@ -355,7 +355,7 @@ def test_sampler_and_classifier_bad_input() -> None:
     model = LabelEmbeddingClassifier(2, 3, 2)
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\), got 1.5"):
         model.predict_labels(torch.zeros(1, 2), threshold=1.5)
-    with pytest.raises(ValueError, match=r"x must have 2 dimension\(s\), got 1"):
+    with pytest.raises(ValueError, match=r"^input must have 2 dimension\(s\), got 1"):
         model.scores(torch.zeros(2))
 
 
