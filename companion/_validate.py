@@ -426,3 +426,17 @@ def weighted_mean(total: Tensor, weight_sum: Tensor) -> Tensor:
     """``total / weight_sum``, and 0 where ``weight_sum`` is 0 (no weight, no loss), with no
     host sync: the rule :func:`reduce_loss` applies to every weighted mean of the package."""
     return total / torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))
+
+
+def check_positive_entries(x: Tensor, name: str, *, what: str = "positive values") -> Tensor:
+    """Require every entry of ``x`` to be strictly positive (a value check; NaN fails too).
+
+    For quantities whose logarithm is taken (class priors): :func:`check_in_range` accepts its
+    lower end, and a zero prior would become a logit of ``-inf``.
+    """
+    if x.numel() and value_checks_enabled():
+        bad = ~(x > 0)
+        if bool(bad.any()):
+            first = float(x[bad].flatten()[0])
+            raise ValueError(f"{name} must hold {what} (> 0), got {first!r}")
+    return x
