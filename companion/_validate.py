@@ -22,7 +22,9 @@ Two kinds of check:
   sync) and which ``torch.compile`` cannot trace. They run only while
   :func:`value_checks_enabled` is true: by default yes, so a learner gets a clear error; a
   training loop turns them off with :func:`set_value_checks` or the :class:`value_checks`
-  context manager, and they are skipped automatically while ``torch.compile`` traces.
+  context manager, and they are skipped automatically while ``torch.compile`` traces, and for
+  tensors that hold no values (on the ``meta`` device, or fake tensors under
+  ``FakeTensorMode``, which shape-propagation and memory-estimation tools use).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from typing import Literal, cast
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+
+from companion._numerics import compute_dtype
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -48,13 +53,35 @@ class _ValueCheckState(threading.local):
 _VALUE_CHECKS = _ValueCheckState()
 
 
-def value_checks_enabled() -> bool:
-    """Whether checks that read tensor values run now.
+def _fake_mode_active() -> bool:
+    """Whether a ``FakeTensorMode`` is active (tensors created now hold no values)."""
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
-    True unless they were turned off with :func:`set_value_checks` / :class:`value_checks`, and
-    always False while ``torch.compile`` traces (a traced graph cannot branch on data).
+
+def _holds_no_values(x: Tensor) -> bool:
+    """A tensor whose values cannot be read: on the meta device, or a fake tensor."""
+    return x.is_meta or is_fake(x)
+
+
+def value_checks_enabled(*tensors: Tensor) -> bool:
+    """Whether checks that read tensor values run now (on ``tensors``, if given).
+
+    True unless they were turned off with :func:`set_value_checks` / :class:`value_checks`
+    (the setting is per thread); always False while ``torch.compile`` traces (a traced graph
+    cannot branch on data) and while a ``FakeTensorMode`` is active; and False when one of
+    ``tensors`` holds no values (a ``meta`` tensor or a fake tensor), which shape-only tools
+    pass through a loss.
+
+    Examples:
+        >>> import torch, companion
+        >>> companion.value_checks_enabled(), companion.value_checks_enabled(torch.ones(2))
+        (True, True)
+        >>> companion.value_checks_enabled(torch.ones(2, device="meta"))
+        False
     """
-    return _VALUE_CHECKS.enabled and not torch.compiler.is_compiling()
+    if not _VALUE_CHECKS.enabled or torch.compiler.is_compiling() or _fake_mode_active():
+        return False
+    return not any(_holds_no_values(t) for t in tensors)
 
 
 def set_value_checks(enabled: bool) -> None:
@@ -144,7 +171,7 @@ def check_tensor(
             )
     if not allow_empty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {_shape(x)}")
-    if not allow_nan and x.is_floating_point() and value_checks_enabled():
+    if not allow_nan and x.is_floating_point() and value_checks_enabled(x):
         if allow_inf:
             if bool(torch.isnan(x).any()):
                 raise ValueError(f"{name} contains NaN")
@@ -160,7 +187,7 @@ def check_tensor(
 
 def check_finite(x: Tensor, name: str) -> Tensor:
     """Reject NaN and +-inf in ``x`` (a value check: skipped when value checks are off)."""
-    if x.is_floating_point() and value_checks_enabled() and not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and value_checks_enabled(x) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite, got NaN or infinite entries")
     return x
 
@@ -239,7 +266,7 @@ def check_class_index(
         check_shape(target, name, batch_shape)
     if target.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {_shape(target)}")
-    if value_checks_enabled():
+    if value_checks_enabled(target):
         lo, hi = (int(v) for v in torch.aminmax(target))
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
@@ -250,6 +277,29 @@ def check_class_index(
     return target.long()
 
 
+def class_index_guard(
+    target: Tensor, name: str, num_classes: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Zeros shaped like ``target``, read through ``target`` from a length-``num_classes`` table.
+
+    An out-of-range index then fails inside the indexing kernel itself (in eager mode, in code
+    compiled by ``torch.compile``, and as a device-side assert on an accelerator), with no host
+    sync: losses that clamp their targets (sharded, sampled, ignored rows) add this to their
+    per-row loss so that a bad class index still raises while value checks are off. Eager mode
+    re-raises the kernel's error as a ``ValueError`` naming the argument.
+    """
+    table = torch.zeros(num_classes, dtype=dtype, device=target.device)
+    if torch.compiler.is_compiling():
+        return table.index_select(0, target.reshape(-1)).reshape(target.shape)
+    try:
+        return table.index_select(0, target.reshape(-1)).reshape(target.shape)
+    except (IndexError, RuntimeError) as error:
+        raise ValueError(
+            f"{name} must hold class indices in [0, {num_classes - 1}] for {num_classes} "
+            f"classes; the indexing kernel found one outside ({error})"
+        ) from error
+
+
 def check_in_range(
     x: Tensor, name: str, low: float, high: float, *, what: str = "values"
 ) -> Tensor:
@@ -258,7 +308,7 @@ def check_in_range(
     The message quotes the first offending entry with all its digits (``1.0000001192092896``,
     not a rounded ``1``), so the reader sees why it was refused.
     """
-    if x.numel() and value_checks_enabled():
+    if x.numel() and value_checks_enabled(x):
         bad = (x < low) | (x > high) | torch.isnan(x)
         if bool(bad.any()):
             first = float(x[bad].flatten()[0])
@@ -271,7 +321,7 @@ def check_binary(x: Tensor, name: str, *, hint: str = "") -> Tensor:
 
     The message quotes the first other value; ``hint`` is appended to it.
     """
-    if x.dtype == torch.bool or not value_checks_enabled():
+    if x.dtype == torch.bool or not value_checks_enabled(x):
         return x
     if x.is_complex():
         raise TypeError(f"{name} must hold the labels 0 and 1, got dtype {x.dtype}")
@@ -321,7 +371,7 @@ def scalar_argument(value: object, name: str, like: Tensor, *, positive: bool) -
             )
         if value.device != like.device and value.dim() > 0:
             raise ValueError(f"{name} must be on {like.device}, got {value.device}")
-        if positive and value_checks_enabled():
+        if positive and value_checks_enabled(value):
             check_positive(value.detach(), name)
         return value.reshape(())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -333,7 +383,7 @@ def scalar_argument(value: object, name: str, like: Tensor, *, positive: bool) -
 def check_probabilities(p: Tensor, name: str, *, dim: int = -1, atol: float = 1e-4) -> Tensor:
     """Require ``p`` to hold probability vectors along ``dim``: entries in [0, 1], sum 1."""
     check_in_range(p, name, 0.0, 1.0, what="probabilities")
-    if not value_checks_enabled():
+    if not value_checks_enabled(p):
         return p
     sums = p.sum(dim=dim, dtype=torch.float64)
     worst = float((sums - 1.0).abs().max()) if sums.numel() else 0.0
@@ -385,6 +435,20 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_bool(value: object, name: str) -> bool:
+    """A Python bool (not an int, not a tensor): a flag that changes what a loss computes."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_chunk_size(value: object, name: str = "chunk_size") -> int | None:
+    """``None`` (no tiling) or a positive int: the rows or columns of one tile."""
+    if value is None:
+        return None
+    return check_int(value, name, minimum=1)
+
+
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     """Require a string option to be one of ``choices`` (a distance, a reduction, a kind)."""
     if not isinstance(value, str) or value not in choices:
@@ -408,18 +472,25 @@ def reduce_loss(loss: Tensor, reduction: str, weight: Tensor | None = None) -> T
     Weights that are all zero: the weighted mean is then 0 (no weight, no loss, and a zero
     gradient), as in TensorFlow, where torch would return NaN (0 / 0). Computed without a host
     sync.
+
+    float16 and bfloat16 losses are summed and divided in float32
+    (:func:`~companion._numerics.compute_dtype`) and the result cast back: the mean of 10,000
+    float16 losses of 10 is 10, not ``inf`` (their sum, 100,000, is past float16's 65,504).
+    A ``"sum"`` past that limit is ``inf`` in float16, as the value itself is.
     """
     check_reduction(reduction)
     if weight is not None:
         loss = loss * weight
     if reduction == "none":
         return loss
-    total = loss.sum()
+    work = compute_dtype(loss.dtype)
+    total = loss.sum(dtype=work)
     if reduction == "sum":
-        return total
+        return total.to(loss.dtype)
     if weight is None:
-        return loss.mean()
-    return weighted_mean(total, torch.broadcast_to(weight, loss.shape).sum())
+        return loss.mean(dtype=work).to(loss.dtype)
+    weight_sum = torch.broadcast_to(weight, loss.shape).sum(dtype=work)
+    return weighted_mean(total, weight_sum).to(loss.dtype)
 
 
 def weighted_mean(total: Tensor, weight_sum: Tensor) -> Tensor:
@@ -434,7 +505,7 @@ def check_positive_entries(x: Tensor, name: str, *, what: str = "positive values
     For quantities whose logarithm is taken (class priors): :func:`check_in_range` accepts its
     lower end, and a zero prior would become a logit of ``-inf``.
     """
-    if x.numel() and value_checks_enabled():
+    if x.numel() and value_checks_enabled(x):
         bad = ~(x > 0)
         if bool(bad.any()):
             first = float(x[bad].flatten()[0])

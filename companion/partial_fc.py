@@ -39,17 +39,28 @@ not.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._distributed import (
+    ProcessGroup,
+    combine_logsumexp,
+    gather_rows,
+    gather_rows_no_grad,
+    local_batch_sizes,
+    resolve_group,
+    sum_over_ranks,
+)
 from companion._numerics import refuse_double_backward
 from companion._validate import (
     Reduction,
     check_batch_size,
+    check_bool,
+    check_chunk_size,
     check_class_index,
     check_finite,
     check_int,
@@ -58,6 +69,7 @@ from companion._validate import (
     check_reduction,
     check_same_dtype_device,
     check_tensor,
+    class_index_guard,
     reduce_loss,
 )
 from companion.margin import additive_angular_margin, multiplicative_angular_margin
@@ -72,7 +84,6 @@ __all__ = [
 ]
 
 Margin = tuple[float, float, float]
-ProcessGroup = Any  # torch.distributed.ProcessGroup (not importable where distributed is absent)
 
 #: ``F.normalize``'s default: a centre whose norm is below it is divided by it instead.
 _EPS = 1e-12
@@ -114,24 +125,6 @@ def _check_sample_rate(sample_rate: object) -> float:
     if not 0 < rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {rate}")
     return rate
-
-
-def _check_chunk_size(chunk_size: object) -> int | None:
-    if chunk_size is None:
-        return None
-    return check_int(chunk_size, "chunk_size", minimum=1)
-
-
-def _group_rank_size(group: ProcessGroup | None) -> tuple[int, int]:
-    """``(rank, world_size)`` in ``group``; ``(0, 1)`` for ``group=None``."""
-    if group is None:
-        return 0, 1
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "group was given but torch.distributed is not initialised; call "
-            "torch.distributed.init_process_group first, or pass group=None for one process"
-        )
-    return dist.get_rank(group), dist.get_world_size(group)
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -369,90 +362,6 @@ def _rest_and_target(
 
 
 # --------------------------------------------------------------------------------------------
-# collectives with the gradients of a loss that every rank computes in full
-# --------------------------------------------------------------------------------------------
-#
-# Convention: every rank returns the same global loss L. Rank r's backward pass then only has to
-# produce the derivative of L through what rank r computed itself: collectives that combine the
-# ranks' pieces pass the gradient through unchanged (no collective in their backward), except the
-# gather of the features, whose backward sums the per-rank contributions.
-
-
-class _GatherFeatures(torch.autograd.Function):
-    """All-gather along the batch; backward: sum over ranks, this rank's rows, times N.
-
-    The factor N (the world size) makes DistributedDataParallel's *average* of the backbone's
-    gradients equal to the gradient of the global loss.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, local: Tensor, sizes: list[int], rank: int, group: Any) -> Tensor:
-        width = max(sizes)
-        padded = local.new_zeros((width, *local.shape[1:]))
-        padded[: local.shape[0]] = local
-        buffers = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(buffers, padded.contiguous(), group=group)
-        ctx.start, ctx.size, ctx.group, ctx.world = (
-            sum(sizes[:rank]),
-            sizes[rank],
-            group,
-            len(sizes),
-        )
-        return torch.cat([buf[:size] for buf, size in zip(buffers, sizes, strict=True)])
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        total = grad.contiguous().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
-        return total[ctx.start : ctx.start + ctx.size] * ctx.world, None, None, None
-
-
-class _CombineLogSumExp(torch.autograd.Function):
-    r"""Global :math:`\log\sum_r e^{a_r}` from each rank's :math:`a_r`: max, then sum of exps.
-
-    Backward: :math:`\partial L/\partial a_r = g\,e^{a_r - \mathrm{lse}}`, this rank's share of
-    the softmax mass.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, local: Tensor, group: Any) -> Tensor:
-        top = local.detach().clone()
-        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
-        total = torch.exp(local.detach() - top)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        lse = top + torch.log(total)
-        ctx.save_for_backward(local, lse)
-        return lse
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        local, lse = ctx.saved_tensors
-        return grad * torch.exp(local - lse), None
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce sum of each rank's piece; backward: the gradient, unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, local: Tensor, group: Any) -> Tensor:
-        total = local.detach().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
-
-
-def _gather_targets(local: Tensor, sizes: list[int], group: Any) -> Tensor:
-    padded = local.new_zeros(max(sizes))
-    padded[: local.shape[0]] = local
-    buffers = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(buffers, padded, group=group)
-    return torch.cat([buf[:size] for buf, size in zip(buffers, sizes, strict=True)])
-
-
-# --------------------------------------------------------------------------------------------
 # sampling
 # --------------------------------------------------------------------------------------------
 
@@ -501,15 +410,17 @@ def sample_classes(
 
 def partial_fc_loss(
     features: Tensor,
-    target: Tensor,
     weight: Tensor,
+    target: Tensor,
     *,
     margin: tuple[float, float, float] = (1.0, 0.5, 0.0),
     scale: float = 64.0,
     sample_rate: float = 1.0,
     chunk_size: int | None = None,
+    sparse: bool = False,
     group: ProcessGroup | None = None,
     num_classes: int | None = None,
+    batch_sizes: Sequence[int] | None = None,
     reduction: Reduction = "mean",
     generator: torch.Generator | None = None,
     return_sampled: bool = False,
@@ -522,43 +433,64 @@ def partial_fc_loss(
         \qquad t_i = s\bigl(\cos(m_1\theta_{i y_i} + m_2) - m_3\bigr),
         \qquad \cos\theta_{ij} = \frac{x_i \cdot w_j}{\lVert x_i\rVert\,\lVert w_j\rVert},
 
-    with :math:`K` all classes (``sample_rate=1``) or the kept set of Partial FC.
+    with :math:`K` all classes (``sample_rate=1``) or the kept set of Partial FC. The arguments
+    come in the order of :func:`torch.nn.functional.linear_cross_entropy`: the features, the
+    class matrix, the targets.
 
     **Chunks.** With ``chunk_size`` the logits exist only ``B x chunk_size`` at a time, in the
-    forward and in the backward pass (see :class:`_ChunkedRestAndTarget`); the result is the same.
+    forward and in the backward pass (the package's tiled engine, :mod:`companion._tiled`); the
+    result is the same.
 
     **Sampling.** With ``sample_rate < 1``, each step keeps the classes of the batch's targets
     and fills up to :func:`num_sampled_classes` centres with uniformly drawn others
     (:func:`sample_classes`, reproducible with ``generator``). This is Partial FC's softmax
     over the kept centres, *without* a :math:`\log q` correction (it is a biased estimate of
-    the full loss). The weight's gradient is exactly zero on the rows not kept.
+    the full loss). The weight's gradient is exactly zero on the rows not kept; with
+    ``sparse=True`` it is a sparse tensor that holds only the kept rows (as with
+    ``nn.Embedding(sparse=True)``; ``torch.optim.SGD`` and ``SparseAdam`` accept it), so a step
+    never allocates, zero-fills or indexes the dense ``C x D`` gradient.
 
     **Shards.** With ``group``, ``weight`` is this rank's contiguous slice
     :func:`shard_range` ``(num_classes, world, rank)`` of the class centres and each rank passes
-    its own ``features`` and ``target`` (local batch sizes may differ). The convention: every
-    rank returns the **same value, the loss of the global batch** (for ``reduction="none"``,
-    the ``(B_global,)`` vector of every rank's rows in rank order); the weight shard receives
-    exactly the gradient of that loss; the local ``features`` receive **N times** its gradient
-    (N the world size), so that :class:`~torch.nn.parallel.DistributedDataParallel`'s average
-    over ranks gives every backbone parameter the single-process gradient. Wrap only the
-    backbone in DDP: the head's shards differ between ranks and must not be averaged.
-    Sampling is per shard: each rank keeps ``num_sampled_classes(shard size, sample_rate,
-    B_global)`` of its own classes.
+    its own ``features`` and ``target`` (local batch sizes may differ). The convention is the
+    package's one for every distributed loss (:mod:`companion._distributed`): every rank returns
+    the **same value, the loss of the global batch** (for ``reduction="none"``, the
+    ``(B_global,)`` vector of every rank's rows in rank order); the weight shard receives exactly
+    the gradient of that loss; the local ``features`` receive **N times** its gradient (N the
+    world size), so that :class:`~torch.nn.parallel.DistributedDataParallel`'s average over ranks
+    gives every backbone parameter the single-process gradient. Wrap only the backbone in DDP:
+    the head's shards differ between ranks and must not be averaged. Sampling is per shard: each
+    rank keeps ``num_sampled_classes(shard size, sample_rate, B_global)`` of its own classes.
+    Learning the ranks' batch sizes costs one all-reduce and a host sync per call, which
+    ``batch_sizes`` skips.
+
+    **Precision.** Features in a lower precision than the weight (the usual mixed-precision
+    pattern: a backbone under ``torch.autocast`` feeding a float32 head) are cast up to the
+    weight's dtype; the loss is computed and returned in that precision (log-sum-exps in at least
+    float32), and the features' gradient comes back in their own dtype.
+
+    **Targets.** Class indices outside ``[0, num_classes)`` raise a ``ValueError`` naming
+    ``target`` even with value checks off (the check happens inside an indexing kernel, without
+    a host sync).
 
     Args:
         features: ``(B, D)`` features (normalised here).
-        target: ``(B,)`` global class indices in ``[0, num_classes)``.
         weight: ``(C_local, D)`` class centres (this rank's slice; all of them for one process).
+        target: ``(B,)`` global class indices in ``[0, num_classes)``.
         margin: ``(m1, m2, m3)``; ArcFace ``(1, 0.5, 0)``, CosFace ``(1, 0, 0.35)``.
         scale: :math:`s > 0`.
         sample_rate: fraction of the classes kept per step, in ``(0, 1]``.
         chunk_size: classes per tile; ``None`` builds the ``B x C_local`` logits at once.
-        group: a ``torch.distributed`` process group to shard over, or ``None``.
+        sparse: give ``weight`` a sparse gradient holding only the kept rows.
+        group: a ``torch.distributed`` process group to shard over, or ``None`` (one process,
+            even inside a distributed job).
         num_classes: the number of classes in all shards; by default ``weight.shape[0]``
             (required with ``group``).
+        batch_sizes: with ``group``, every rank's local batch size, if known (no size exchange).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (over the global batch).
         generator: draws the sampled classes (a ``torch.Generator`` on the features' device;
-            each rank passes its own). ``None`` uses torch's global generator.
+            each rank passes its own). ``None`` uses torch's global generator. Not available
+            under ``torch.compile``.
         return_sampled: also return the sorted local indices of the kept classes (all of them
             for ``sample_rate=1``).
 
@@ -572,18 +504,19 @@ def partial_fc_loss(
         >>> g = torch.Generator().manual_seed(0)
         >>> x, w = torch.randn(8, 16, generator=g), torch.randn(100, 16, generator=g)
         >>> y = torch.randint(100, (8,), generator=g)
-        >>> full = partial_fc_loss(x, y, w, margin=(1, 0.5, 0), scale=16)
-        >>> tiled = partial_fc_loss(x, y, w, margin=(1, 0.5, 0), scale=16, chunk_size=32)
+        >>> full = partial_fc_loss(x, w, y, margin=(1, 0.5, 0), scale=16)
+        >>> tiled = partial_fc_loss(x, w, y, margin=(1, 0.5, 0), scale=16, chunk_size=32)
         >>> bool(torch.allclose(full, tiled))
         True
     """
     m = _check_margin(margin)
     s = check_positive(scale, "scale")
     rate = _check_sample_rate(sample_rate)
-    chunk = _check_chunk_size(chunk_size)
+    chunk = check_chunk_size(chunk_size)
+    sparse = check_bool(sparse, "sparse")
     check_reduction(reduction)
     w = check_tensor(weight, "weight", ndim=2)
-    rank, world = _group_rank_size(group)
+    rank, world = resolve_group(group)
     if num_classes is None:
         if group is not None:
             raise ValueError("num_classes must be given with group (the classes of all shards)")
@@ -605,9 +538,10 @@ def partial_fc_loss(
         s,
         _rate_count(w.shape[0], rate),
         chunk,
+        sparse,
         group,
-        rank,
-        world,
+        batch_sizes,
+        num_classes,
         start,
         reduction,
         generator,
@@ -617,17 +551,28 @@ def partial_fc_loss(
     return loss
 
 
+def head_dtype_input(x: Tensor, name: str, weight: Tensor, weight_name: str) -> Tensor:
+    # TODO(lead): replace by the shared rule in companion._numerics
+    if (
+        x.dtype != weight.dtype
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and weight.dtype in (torch.float32, torch.float64)
+    ):
+        x = x.to(weight.dtype)
+    check_same_dtype_device(weight, weight_name, x, name)
+    return x
+
+
 def _check_batch(
     features: object, target: object, in_features: int, weight: Tensor, num_classes: int
 ) -> tuple[Tensor, Tensor]:
     """The per-call tensor checks: features ``(B, D)`` like ``weight``, targets in range."""
-    x = check_tensor(features, "features", ndim=2)
+    x = head_dtype_input(check_tensor(features, "features", ndim=2), "features", weight, "weight")
     if x.shape[1] != in_features:
         raise ValueError(
             f"features must have shape (batch, {in_features}) to match the class centres "
             f"{tuple(weight.shape)}, got {tuple(x.shape)}"
         )
-    check_same_dtype_device(weight, "weight", x, "features")
     check_finite(x, "features")
     if isinstance(target, Tensor) and target.dim() >= 1:
         check_batch_size(x, "features", target, "target")
@@ -643,21 +588,28 @@ def _partial_fc(
     s: float,
     keep: int | None,
     chunk: int | None,
+    sparse: bool,
     group: ProcessGroup | None,
-    rank: int,
-    world: int,
+    batch_sizes: Sequence[int] | None,
+    num_classes: int,
     start: int,
     reduction: str,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
     """The loss, arguments already checked; returns it with the kept local class indices."""
-    if world > 1:
-        sizes_t = torch.zeros(world, dtype=torch.long, device=x.device)
-        sizes_t[rank] = x.shape[0]
-        dist.all_reduce(sizes_t, op=dist.ReduceOp.SUM, group=group)
-        sizes = [int(v) for v in sizes_t.tolist()]
-        x = _GatherFeatures.apply(x, sizes, rank, group)  # type: ignore[no-untyped-call]
-        y = _gather_targets(y, sizes, group)
+    if generator is not None and torch.compiler.is_compiling():
+        raise ValueError(
+            "generator is not supported under torch.compile (a torch.Generator cannot be traced); "
+            "pass generator=None, seeding torch's global generator with torch.manual_seed instead"
+        )
+    # an out-of-range class index fails inside this indexing kernel, checks on or off
+    x = x + class_index_guard(y, "target", num_classes, x.dtype)[:, None]
+    if group is not None:
+        sizes = local_batch_sizes(x.shape[0], group, batch_sizes, x.device)
+        x = gather_rows(x, sizes, group)
+        y = gather_rows_no_grad(y, sizes, group)
+    elif batch_sizes is not None:
+        raise ValueError("batch_sizes is only used with group (a distributed call); got group=None")
 
     local = y - start
     owned = (local >= 0) & (local < w.shape[0])
@@ -665,19 +617,21 @@ def _partial_fc(
     if keep is not None:
         count = min(w.shape[0], max(keep, x.shape[0]))
         kept = sample_classes(local, owned, w.shape[0], count, generator)
-        active = w[kept]  # the rows not kept get exactly zero gradient
+        # the rows not kept get exactly zero gradient; sparse: a gradient of the kept rows only
+        active = F.embedding(kept, w, sparse=True) if sparse else w.index_select(0, kept)
         position = torch.searchsorted(kept, local).clamp(0, kept.shape[0] - 1)
     else:
         kept = torch.arange(w.shape[0], device=w.device)
-        active, position = w, local
+        active = F.embedding(kept, w, sparse=True) if sparse else w
+        position = local
 
     x_hat = F.normalize(x, dim=1, eps=_EPS)
     rest, cosine = _rest_and_target(x_hat, active, position, owned, s, chunk)
     t = s * _combined(cosine.clamp(-1, 1), m)
     t = torch.where(owned, t, torch.zeros_like(t))  # the target logit lives on one rank only
-    if world > 1:
-        rest = _CombineLogSumExp.apply(rest, group)  # type: ignore[no-untyped-call]
-        t = _SumOverRanks.apply(t, group)  # type: ignore[no-untyped-call]
+    if group is not None:
+        rest = combine_logsumexp(rest, group)
+        t = sum_over_ranks(t, group)
     # log(e^t + e^r) - t; r = -inf (no other class) gives 0
     loss = torch.logaddexp(rest, t) - t
     return reduce_loss(loss, reduction).to(x.dtype), kept
@@ -711,7 +665,10 @@ class PartialFC(nn.Module):
         scale: :math:`s > 0` (default 64).
         sample_rate: in ``(0, 1]``; 1 keeps every class.
         chunk_size: classes per tile, or ``None``.
+        sparse: give ``weight`` a sparse gradient holding only the kept rows.
         group: process group to shard over, or ``None``.
+        batch_sizes: with ``group``, every rank's local batch size if it is always the same (no
+            size exchange, no host sync); ``forward`` also takes it per call.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Examples:
@@ -733,7 +690,9 @@ class PartialFC(nn.Module):
         scale: float = 64.0,
         sample_rate: float = 1.0,
         chunk_size: int | None = None,
+        sparse: bool = False,
         group: ProcessGroup | None = None,
+        batch_sizes: Sequence[int] | None = None,
         reduction: Reduction = "mean",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -744,10 +703,12 @@ class PartialFC(nn.Module):
         self.margin = _check_margin(margin)
         self.scale = check_positive(scale, "scale")
         self.sample_rate = _check_sample_rate(sample_rate)
-        self.chunk_size = _check_chunk_size(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.sparse = check_bool(sparse, "sparse")
         self.reduction = check_reduction(reduction)
         self.group = group
-        self.rank, self.world_size = _group_rank_size(group)
+        self.rank, self.world_size = resolve_group(group)
+        self.batch_sizes = None if batch_sizes is None else tuple(batch_sizes)
         self.class_start, stop = shard_range(num_classes, self.world_size, self.rank)
         self.num_local = stop - self.class_start
         self._keep = _rate_count(self.num_local, self.sample_rate)
@@ -762,7 +723,12 @@ class PartialFC(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
 
     def forward(
-        self, features: Tensor, target: Tensor, *, generator: torch.Generator | None = None
+        self,
+        features: Tensor,
+        target: Tensor,
+        *,
+        batch_sizes: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """The loss of ``features`` ``(B, D)`` with global class indices ``target`` ``(B,)``."""
         x, y = _check_batch(features, target, self.in_features, self.weight, self.num_classes)
@@ -774,9 +740,10 @@ class PartialFC(nn.Module):
             self.scale,
             self._keep,
             self.chunk_size,
+            self.sparse,
             self.group,
-            self.rank,
-            self.world_size,
+            self.batch_sizes if batch_sizes is None else batch_sizes,
+            self.num_classes,
             self.class_start,
             self.reduction,
             generator,
@@ -800,5 +767,6 @@ class PartialFC(nn.Module):
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes}, "
             f"margin={self.margin}, scale={self.scale:g}, sample_rate={self.sample_rate:g}, "
-            f"chunk_size={self.chunk_size}, reduction={self.reduction!r}{shard}"
+            f"chunk_size={self.chunk_size}, sparse={self.sparse}, "
+            f"reduction={self.reduction!r}{shard}"
         )

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 import companion
 from companion import contrastive as CT
+from companion import imbalance as IB
 from companion import invented as IV
 from companion import logistic as LG
 from companion import margin as M
@@ -132,12 +133,17 @@ def _probabilities(dtype: torch.dtype) -> list[Any]:
 
 
 def _output_layer(dtype: torch.dtype) -> list[Any]:
+    """``(input, weight, target, bias)``: the bias is keyword-only in the losses."""
     return [
         _randn(B, D, dtype=dtype),
         _randn(20, D, dtype=dtype, seed=6, scale=0.5),
-        _randn(20, dtype=dtype, seed=7, scale=0.1),
         _classes(c=20),
+        _randn(20, dtype=dtype, seed=7, scale=0.1),
     ]
+
+
+def _full_softmax(x: Tensor, w: Tensor, t: Tensor, b: Tensor, reduction: str = "mean") -> Tensor:
+    return NC.full_softmax_loss(x, w, t, reduction, bias=b)
 
 
 def _sampled(fn: Callable[..., Tensor], **extra: Any) -> Callable[..., Tensor]:
@@ -145,9 +151,9 @@ def _sampled(fn: Callable[..., Tensor], **extra: Any) -> Callable[..., Tensor]:
     sampler = NC.LogUniformSampler(20)
     negatives = sampler.sample(7, generator=_gen(8))
 
-    def call(x: Tensor, w: Tensor, b: Tensor, t: Tensor, reduction: str = "mean") -> Tensor:
+    def call(x: Tensor, w: Tensor, t: Tensor, b: Tensor, reduction: str = "mean") -> Tensor:
         return fn(
-            x, w, b, t, sampler, 7, reduction=reduction, negatives=negatives, **extra
+            x, w, t, sampler, 7, reduction=reduction, bias=b, negatives=negatives, **extra
         )  # fmt: skip
 
     return call
@@ -252,7 +258,7 @@ def _partial_fc(seeded: bool = False, **options: Any) -> Callable[..., Tensor]:
         if seeded:
             options["generator"] = _gen(9)
         out: Tensor = PF.partial_fc_loss(
-            x, t, w, margin=(1.0, 0.5, 0.0), scale=16.0, reduction=reduction, **options
+            x, w, t, margin=(1.0, 0.5, 0.0), scale=16.0, reduction=reduction, **options
         )
         return out
 
@@ -296,12 +302,19 @@ CASES: dict[str, Case] = {
     "dot_product_loss": Case(IV.dot_product_loss, _logits_and_classes, class_target=1),
     "inverse_loss": Case(IV.inverse_loss, _logits_and_classes, class_target=1),
     "inverse_power_loss": Case(IV.inverse_power_loss, _logits_and_classes, class_target=1),
+    # imbalanced classes
+    "focal_loss": Case(IB.focal_loss, _logits_and_classes, class_target=1, production=True),
+    "focal_loss, gamma=0.5, alpha": Case(IB.focal_loss, lambda dt: [*_logits_and_classes(dt), 0.5, _randn(C, dtype=dt, seed=5).abs().add(0.5)], class_target=1, production=True, count=lambda a: a[3][a[1]].sum()),
+    "sigmoid_focal_loss": Case(IB.sigmoid_focal_loss, _binary, none_shape=lambda a: tuple(a[0].shape), production=True),
+    "asymmetric_loss": Case(IB.asymmetric_loss, _binary, none_shape=lambda a: tuple(a[0].shape), production=True),
+    "logit_adjusted_cross_entropy": Case(IB.logit_adjusted_cross_entropy, lambda dt: [*_logits_and_classes(dt), torch.softmax(_randn(C, dtype=F64, seed=6), 0).to(dt)], class_target=1, production=True),
+    "poly1_cross_entropy": Case(IB.poly1_cross_entropy, _logits_and_classes, class_target=1, production=True),
     # sampling
-    "full_softmax_loss": Case(NC.full_softmax_loss, _output_layer, floats=(0, 1, 2), class_target=3, num_classes=20),
-    "nce_loss": Case(_sampled(NC.nce_loss), _output_layer, floats=(0, 1, 2), class_target=3, production=True, num_classes=20),
-    "negative_sampling_loss": Case(_sampled(NC.negative_sampling_loss), _output_layer, floats=(0, 1, 2), class_target=3, production=True, num_classes=20),
-    "sampled_softmax_loss": Case(_sampled(NC.sampled_softmax_loss), _output_layer, floats=(0, 1, 2), class_target=3, production=True, num_classes=20),
-    "sampled_softmax_loss, sparse": Case(_sampled(NC.sampled_softmax_loss, sparse=True), _output_layer, floats=(0, 2), class_target=3, production=True, num_classes=20, low_precision=False),
+    "full_softmax_loss": Case(_full_softmax, _output_layer, floats=(0, 1, 3), class_target=2, num_classes=20),
+    "nce_loss": Case(_sampled(NC.nce_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
+    "negative_sampling_loss": Case(_sampled(NC.negative_sampling_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
+    "sampled_softmax_loss": Case(_sampled(NC.sampled_softmax_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
+    "sampled_softmax_loss, sparse": Case(_sampled(NC.sampled_softmax_loss, sparse=True), _output_layer, floats=(0, 3), class_target=2, production=True, num_classes=20, low_precision=False),
     # contrast
     "contrastive_loss": Case(CT.contrastive_loss, lambda dt: [*_same_shape_pair(dt), (torch.rand(B, generator=_gen(4)) < 0.5).to(dt)], floats=(0, 1)),
     "triplet_loss": Case(CT.triplet_loss, lambda dt: [*_same_shape_pair(dt), _randn(B, D, dtype=dt, seed=5)], floats=(0, 1, 2)),
@@ -629,7 +642,7 @@ def test_compiles_with_fullgraph_and_equals_eager(name: str) -> None:
 
 def test_every_public_loss_is_in_the_registry() -> None:
     """A new loss joins the contract by one registry line; this test makes sure it does."""
-    modules = [LG, SM, ML, Z, IV, NC, CT, M, MM, PF, SG]
+    modules = [LG, SM, ML, Z, IV, NC, CT, M, MM, PF, SG, IB]
     names = {
         name
         for module in modules

@@ -94,7 +94,7 @@ def test_equals_pytorch_metric_learning(name: str, chunk: int | None, seed: int)
     want = theirs(x, y)
     want_gx, want_gw = _grads(want, x, theirs.W)
     wp = w.clone().requires_grad_(True)
-    got = P.partial_fc_loss(x, y, wp, margin=HEADS[name][1], scale=12.0, chunk_size=chunk)
+    got = P.partial_fc_loss(x, wp, y, margin=HEADS[name][1], scale=12.0, chunk_size=chunk)
     gx, gw = _grads(got, x, wp)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gx, want_gx, rtol=1e-10, atol=1e-12)
@@ -107,7 +107,7 @@ def test_multiplicative_margin_equals_the_naive_formula(m1: float, chunk: int | 
     x, y, w = _data(3)
     x.requires_grad_(True)
     wp = w.clone().requires_grad_(True)
-    got = P.partial_fc_loss(x, y, wp, margin=(m1, 0.0, 0.1), scale=5.0, chunk_size=chunk)
+    got = P.partial_fc_loss(x, wp, y, margin=(m1, 0.0, 0.1), scale=5.0, chunk_size=chunk)
     cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(wp, dim=1).T
     rows = torch.arange(B)
     target = 5.0 * (M.multiplicative_angular_margin(cos[rows, y], m1) - 0.1)
@@ -129,7 +129,7 @@ def test_chunked_gradcheck(margin: tuple[float, float, float], reduction: str) -
 
     def f(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return P.partial_fc_loss(
-            x, y, w, margin=margin, scale=4.0, chunk_size=6, reduction=reduction
+            x, w, y, margin=margin, scale=4.0, chunk_size=6, reduction=reduction
         )
 
     assert torch.autograd.gradcheck(f, (x, w))
@@ -142,7 +142,7 @@ def test_chunked_gradcheck_sampled() -> None:
 
     def f(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
-        return P.partial_fc_loss(x, y, w, scale=4.0, sample_rate=0.4, chunk_size=5, generator=gen)
+        return P.partial_fc_loss(x, w, y, scale=4.0, sample_rate=0.4, chunk_size=5, generator=gen)
 
     assert torch.autograd.gradcheck(f, (x, w))
 
@@ -154,7 +154,7 @@ def test_chunked_matches_f_normalize_at_a_zero_centre() -> None:
     results = []
     for chunk in (None, 5):
         wp = w.clone().requires_grad_(True)
-        loss = P.partial_fc_loss(x, y, wp, scale=4.0, chunk_size=chunk)
+        loss = P.partial_fc_loss(x, wp, y, scale=4.0, chunk_size=chunk)
         results.append((loss, *_grads(loss, wp)))
     assert_finite(*results[1])
     for a, b in zip(*results, strict=True):
@@ -180,12 +180,12 @@ def test_finite_at_cosine_one_and_in_bfloat16(chunk: int | None) -> None:
     x = (w[:B] * 3.0).clone().requires_grad_(True)  # each feature on its class centre: cos = 1
     y = torch.arange(B)
     wp = w.clone().requires_grad_(True)
-    loss = P.partial_fc_loss(x, y, wp, scale=64.0, chunk_size=chunk)
+    loss = P.partial_fc_loss(x, wp, y, scale=64.0, chunk_size=chunk)
     assert_finite(loss, *_grads(loss, x, wp))
     xb, yb, wb = _data(6, torch.float32)
-    ref = P.partial_fc_loss(xb, yb, wb, scale=32.0, chunk_size=chunk)
+    ref = P.partial_fc_loss(xb, wb, yb, scale=32.0, chunk_size=chunk)
     wb16 = wb.bfloat16().requires_grad_(True)
-    low = P.partial_fc_loss(xb.bfloat16(), yb, wb16, scale=32.0, chunk_size=chunk)
+    low = P.partial_fc_loss(xb.bfloat16(), wb16, yb, scale=32.0, chunk_size=chunk)
     assert low.dtype == torch.bfloat16
     assert_finite(low, *_grads(low, wb16))
     torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
@@ -202,7 +202,7 @@ def test_sampling_keeps_every_positive_and_the_exact_count(seed: int, rate: floa
     y[:4] = y[0]  # repeated positives count once
     gen = torch.Generator().manual_seed(seed)
     _, kept = P.partial_fc_loss(
-        x, y, w, sample_rate=rate, generator=gen, return_sampled=True, chunk_size=50
+        x, w, y, sample_rate=rate, generator=gen, return_sampled=True, chunk_size=50
     )
     assert kept.shape == (P.num_sampled_classes(200, rate, B),)
     assert kept.shape[0] == min(200, max(math.ceil(rate * 200), B))
@@ -217,7 +217,7 @@ def test_count_is_raised_to_the_batch_so_positives_always_fit() -> None:
     x = torch.randn(64, D, dtype=F64)
     y = torch.randperm(1000)[:64]  # 64 distinct positives, more than ceil(0.001 * 1000) = 1
     _, kept = P.partial_fc_loss(
-        x, y, torch.randn(1000, D, dtype=F64), sample_rate=0.001, return_sampled=True
+        x, torch.randn(1000, D, dtype=F64), y, sample_rate=0.001, return_sampled=True
     )
     assert torch.equal(kept, torch.sort(y).values)
 
@@ -228,7 +228,7 @@ def test_draw_is_reproducible_with_a_generator_and_varies_without() -> None:
     for seed in (3, 3, 4):
         gen = torch.Generator().manual_seed(seed)
         draws.append(
-            P.partial_fc_loss(x, y, w, sample_rate=0.1, generator=gen, return_sampled=True)
+            P.partial_fc_loss(x, w, y, sample_rate=0.1, generator=gen, return_sampled=True)
         )
     torch.testing.assert_close(draws[0][0], draws[1][0], rtol=0, atol=0)
     assert torch.equal(draws[0][1], draws[1][1])
@@ -293,23 +293,23 @@ def test_momentum_keeps_moving_rows_that_were_not_drawn() -> None:
 def test_bad_inputs_name_the_argument() -> None:
     x, y, w = _data(10)
     cases = [
-        (lambda: P.partial_fc_loss(x, y + C, w), ValueError, "target"),
-        (lambda: P.partial_fc_loss(x, -y - 1, w), ValueError, "target"),
-        (lambda: P.partial_fc_loss(x, y.float(), w), TypeError, "target"),
-        (lambda: P.partial_fc_loss(x, y[:-1], w), ValueError, "target"),
-        (lambda: P.partial_fc_loss(x, y, w, sample_rate=0.0), ValueError, "sample_rate"),
-        (lambda: P.partial_fc_loss(x, y, w, sample_rate=1.5), ValueError, "sample_rate"),
+        (lambda: P.partial_fc_loss(x, w, y + C), ValueError, "target"),
+        (lambda: P.partial_fc_loss(x, w, -y - 1), ValueError, "target"),
+        (lambda: P.partial_fc_loss(x, w, y.float()), TypeError, "target"),
+        (lambda: P.partial_fc_loss(x, w, y[:-1]), ValueError, "target"),
+        (lambda: P.partial_fc_loss(x, w, y, sample_rate=0.0), ValueError, "sample_rate"),
+        (lambda: P.partial_fc_loss(x, w, y, sample_rate=1.5), ValueError, "sample_rate"),
         (lambda: P.PartialFC(D, C, sample_rate=-0.1), ValueError, "sample_rate"),
-        (lambda: P.partial_fc_loss(x[:, :-1], y, w), ValueError, "features"),
+        (lambda: P.partial_fc_loss(x[:, :-1], w, y), ValueError, "features"),
         (lambda: P.PartialFC(D, C, dtype=F64)(x[:, :-1], y), ValueError, "features"),
         (lambda: P.PartialFC(D, C)(x, y), TypeError, "features"),  # float32 head, float64 x
-        (lambda: P.partial_fc_loss(x, y, w, num_classes=C + 1), ValueError, "weight"),
-        (lambda: P.partial_fc_loss(x, y, w, chunk_size=0), ValueError, "chunk_size"),
-        (lambda: P.partial_fc_loss(x, y, w, scale=0.0), ValueError, "scale"),
-        (lambda: P.partial_fc_loss(x, y, w, margin=(1, 0.5)), TypeError, "margin"),
-        (lambda: P.partial_fc_loss(x, y, w, margin=(0.5, 0, 0)), ValueError, "m1"),
-        (lambda: P.partial_fc_loss(x, y, w, margin=(1, 4.0, 0)), ValueError, "m2"),
-        (lambda: P.partial_fc_loss(x, y, w, reduction="avg"), ValueError, "reduction"),
+        (lambda: P.partial_fc_loss(x, w, y, num_classes=C + 1), ValueError, "weight"),
+        (lambda: P.partial_fc_loss(x, w, y, chunk_size=0), ValueError, "chunk_size"),
+        (lambda: P.partial_fc_loss(x, w, y, scale=0.0), ValueError, "scale"),
+        (lambda: P.partial_fc_loss(x, w, y, margin=(1, 0.5)), TypeError, "margin"),
+        (lambda: P.partial_fc_loss(x, w, y, margin=(0.5, 0, 0)), ValueError, "m1"),
+        (lambda: P.partial_fc_loss(x, w, y, margin=(1, 4.0, 0)), ValueError, "m2"),
+        (lambda: P.partial_fc_loss(x, w, y, reduction="avg"), ValueError, "reduction"),
         (lambda: P.shard_range(3, 4, 0), ValueError, "group"),
         (lambda: P.PartialFC(D, C, group=object()), ValueError, "group"),
     ]
@@ -319,7 +319,7 @@ def test_bad_inputs_name_the_argument() -> None:
     x_nan = x.clone()
     x_nan[0, 0] = math.nan
     with pytest.raises(ValueError, match="features"):
-        P.partial_fc_loss(x_nan, y, w)
+        P.partial_fc_loss(x_nan, w, y)
 
 
 def test_shard_range_covers_the_classes_contiguously() -> None:
