@@ -298,8 +298,13 @@ def sigmoid_focal_loss(
     log_p, log_1mp = F.logsigmoid(x), F.logsigmoid(-x)
     loss = -(y * log_p + (1 - y) * log_1mp)
     if g > 0:
-        # log(1 - p_t) = log(y (1 - p) + (1 - y) p), one log-sum-exp of two log-space terms
-        log_1m_pt = torch.logaddexp(torch.log(y) + log_1mp, torch.log1p(-y) + log_p)
+        # log(1 - p_t) = log(y (1 - p) + (1 - y) p): a log-sigmoid for a 0/1 label, one
+        # log-sum-exp of two log-space terms for a soft one (never a log of 0, whose -inf would
+        # make the second derivative NaN)
+        soft = (y > 0) & (y < 1)
+        y_soft = torch.where(soft, y, torch.full_like(y, 0.5))
+        mixed = torch.logaddexp(torch.log(y_soft) + log_1mp, torch.log1p(-y_soft) + log_p)
+        log_1m_pt = torch.where(soft, mixed, torch.where(y > 0.5, log_1mp, log_p))
         loss = loss * torch.exp(g * log_1m_pt)
     if a is not None and a >= 0:
         loss = (a * y + (1 - a) * (1 - y)) * loss
@@ -615,8 +620,10 @@ def poly1_cross_entropy(
     :math:`\varepsilon = 0` is cross-entropy; :math:`\varepsilon > 0` adds a gradient
     :math:`-\varepsilon\, p_t (1 - p_t)` on the target logit, which keeps pushing confident
     examples; :math:`\varepsilon = -1` removes the leading term (the paper's choice for
-    detection). :math:`1 - p_t` is computed as ``-expm1(log p_t)``, exact for :math:`p_t`
-    near 1.
+    detection). :math:`1 - p_t` is computed as
+    :math:`\exp(\operatorname{LSE}_{j \ne t}(x_j) - \operatorname{LSE}_j(x_j))`, which keeps
+    its relative precision where :math:`p_t` rounds to 1 (``1 - p_t`` or
+    ``-expm1(log p_t)`` would return 0 there).
 
     Args:
         input: ``(B, C)`` floating logits, finite.
@@ -649,6 +656,6 @@ def poly1_cross_entropy(
     logits, index = _check_classification(input, target)
     eps = check_real(epsilon, "epsilon")
     x = logits.to(compute_dtype(logits.dtype))
-    log_p = torch.log_softmax(x, dim=1).gather(1, index[:, None]).squeeze(1)
-    loss = -log_p - eps * torch.expm1(log_p)
+    log_p, log_rest = _log_target_and_rest(x, index)
+    loss = -log_p + eps * torch.exp(log_rest)
     return reduce_loss(loss, reduction).to(logits.dtype)

@@ -58,7 +58,7 @@ def test_doctests_run(name: str) -> None:
 
 LOSS_MODULES = [
     "sigmoid", "logistic", "softmax", "multilabel", "zoo", "invented", "nce", "contrastive",
-    "margin", "minmax", "partial_fc", "siglip",
+    "margin", "minmax", "partial_fc", "siglip", "imbalance",
 ]  # fmt: skip
 
 
