@@ -129,7 +129,9 @@ def make_steps(
 
     def sampled(loss_fn: Callable[..., torch.Tensor], sparse: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            return loss_fn(x, weight, bias, target, sampler, s, sparse=sparse, generator=neg_gen)
+            return loss_fn(
+                x, weight, target, sampler, s, bias=bias, sparse=sparse, generator=neg_gen
+            )
 
         return run
 

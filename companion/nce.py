@@ -26,6 +26,10 @@ is exact and the samplers stay simple.)
   corrected by :math:`-\log(S\,q(w))` (Bengio and Senécal, 2008; Jean et al., 2015).
 * :func:`full_softmax_loss`: the exact cross-entropy over all classes, the baseline.
 
+Every loss takes ``(input, weight, target, ...)`` in the order of torch's
+:func:`torch.nn.functional.linear_cross_entropy`, with the output bias a keyword-only
+``bias=`` (torch's ``linear_bias``).
+
 Samplers: :class:`UniformSampler`, :class:`UnigramSampler` (counts raised to a power, 0.75 as
 in word2vec) and :class:`LogUniformSampler` (Zipf's law for frequency-sorted vocabularies).
 
@@ -55,6 +59,7 @@ from torch import Tensor
 
 from companion._validate import (
     Reduction,
+    check_bool,
     check_class_index,
     check_finite,
     check_int,
@@ -503,13 +508,6 @@ def _check_output_layer(
     return target
 
 
-def _check_bool(value: object, name: str) -> bool:
-    # a generic check that _validate.py does not have yet
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
     # "cuda" (the current device) and "cuda:0" name the same place when the index is missing
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
@@ -574,8 +572,8 @@ def _shared_negatives(
     None if there is neither) and the accidental-hit mask ``(B, S)`` (None if not removed).
     """
     target = _check_output_layer(input, weight, bias, target)
-    remove_accidental_hits = _check_bool(remove_accidental_hits, "remove_accidental_hits")
-    sparse = _check_bool(sparse, "sparse")
+    remove_accidental_hits = check_bool(remove_accidental_hits, "remove_accidental_hits")
+    sparse = check_bool(sparse, "sparse")
     negatives = _draw(sampler, num_samples, weight.shape[0], input.device, negatives, generator)
 
     batch = input.shape[0]
@@ -603,13 +601,13 @@ def _shared_negatives(
 def nce_loss(
     input: Tensor,
     weight: Tensor,
-    bias: Tensor | None,
     target: Tensor,
     sampler: CandidateSampler,
     num_samples: int,
     remove_accidental_hits: bool = False,
     reduction: Reduction = "mean",
     *,
+    bias: Tensor | None = None,
     sparse: bool = False,
     negatives: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -636,7 +634,6 @@ def nce_loss(
         input: the hidden activations, shape ``(B, dim)``, floating, finite.
         weight: the output layer, shape ``(C, dim)``, same dtype and device as ``input``. Only
             the rows a batch uses are read (and checked for NaN and infinities).
-        bias: the output bias, shape ``(C,)``, or ``None``.
         target: the true class of each row, shape ``(B,)``, int64 or int32, in ``[0, C)``.
         sampler: the noise distribution :math:`q` (a :class:`CandidateSampler` over ``C``
             classes on ``input``'s device).
@@ -646,6 +643,8 @@ def nce_loss(
             such a negative is a legitimate noise draw, and dropping it moves the minimiser to
             :math:`\log p - \log(1 - p)`.
         reduction: ``"none"`` (shape ``(B,)``), ``"mean"`` over rows or ``"sum"``.
+        bias: the output bias, shape ``(C,)``, or ``None`` (keyword-only, as ``linear_bias`` of
+            :func:`torch.nn.functional.linear_cross_entropy`).
         sparse: if True, ``weight``'s gradient is a sparse tensor holding only the ``B + S``
             rows touched (as with ``nn.Embedding(sparse=True)``); the bias gradient stays dense.
         negatives: the ``S`` negative classes, drawn beforehand from ``sampler`` (for example
@@ -657,8 +656,8 @@ def nce_loss(
     Shape:
         - input: :math:`(B, D)`, the hidden activations.
         - weight: :math:`(C, D)`, the output layer (as ``nn.Linear(D, C).weight``).
-        - bias: :math:`(C,)` or ``None``.
         - target: :math:`(B,)`, int64 or int32 class indices.
+        - bias: :math:`(C,)` or ``None``.
         - negatives (optional): :math:`(S,)` with :math:`S` = ``num_samples``.
         - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
 
@@ -671,13 +670,16 @@ def nce_loss(
         >>> bias = torch.zeros(10_000, requires_grad=True)
         >>> target = torch.randint(10_000, (8,), generator=gen)
         >>> sampler = LogUniformSampler(10_000)
-        >>> loss = nce_loss(x, weight, bias, target, sampler, 64, generator=gen)
+        >>> loss = nce_loss(x, weight, target, sampler, 64, bias=bias, generator=gen)
         >>> loss.shape
         torch.Size([])
         >>> loss.backward()
         >>> int(weight.grad.abs().sum(dim=1).count_nonzero()) <= 8 + 64  # rows touched
         True
-        >>> nce_loss(x, weight, bias, target, sampler, 64, reduction="none", generator=gen).shape
+        >>> per_row = nce_loss(
+        ...     x, weight, target, sampler, 64, reduction="none", bias=bias, generator=gen
+        ... )
+        >>> per_row.shape
         torch.Size([8])
     """
     check_reduction(reduction)
@@ -702,13 +704,13 @@ def nce_loss(
 def negative_sampling_loss(
     input: Tensor,
     weight: Tensor,
-    bias: Tensor | None,
     target: Tensor,
     sampler: CandidateSampler,
     num_samples: int,
     remove_accidental_hits: bool = False,
     reduction: Reduction = "mean",
     *,
+    bias: Tensor | None = None,
     sparse: bool = False,
     negatives: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -727,8 +729,8 @@ def negative_sampling_loss(
     Shape:
         - input: :math:`(B, D)`, the hidden activations.
         - weight: :math:`(C, D)`, the output layer (as ``nn.Linear(D, C).weight``).
-        - bias: :math:`(C,)` or ``None``.
         - target: :math:`(B,)`, int64 or int32 class indices.
+        - bias: :math:`(C,)` or ``None``.
         - negatives (optional): :math:`(S,)` with :math:`S` = ``num_samples``.
         - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
 
@@ -743,7 +745,7 @@ def negative_sampling_loss(
         >>> noise = UnigramSampler(torch.arange(100.0, 0.0, -1.0), power=0.75)
         >>> words = torch.tensor([3, 14, 15, 92])
         >>> loss = negative_sampling_loss(
-        ...     centre, context.weight, None, words, noise, 5, sparse=True, generator=gen
+        ...     centre, context.weight, words, noise, 5, sparse=True, generator=gen
         ... )
         >>> loss.backward()
         >>> context.weight.grad.is_sparse, centre.grad.shape
@@ -771,13 +773,13 @@ def negative_sampling_loss(
 def sampled_softmax_loss(
     input: Tensor,
     weight: Tensor,
-    bias: Tensor | None,
     target: Tensor,
     sampler: CandidateSampler,
     num_samples: int,
     remove_accidental_hits: bool = True,
     reduction: Reduction = "mean",
     *,
+    bias: Tensor | None = None,
     subtract_log_q: bool = True,
     sparse: bool = False,
     negatives: Tensor | None = None,
@@ -822,8 +824,8 @@ def sampled_softmax_loss(
     Shape:
         - input: :math:`(B, D)`, the hidden activations.
         - weight: :math:`(C, D)`, the output layer (as ``nn.Linear(D, C).weight``).
-        - bias: :math:`(C,)` or ``None``.
         - target: :math:`(B,)`, int64 or int32 class indices.
+        - bias: :math:`(C,)` or ``None``.
         - negatives (optional): :math:`(S,)` with :math:`S` = ``num_samples``.
         - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
 
@@ -835,8 +837,7 @@ def sampled_softmax_loss(
         >>> weight = torch.randn(10_000, 16, generator=gen).requires_grad_()
         >>> target = torch.randint(10_000, (8,), generator=gen)
         >>> sampler = LogUniformSampler(10_000)
-        >>> loss = sampled_softmax_loss(x, weight, None, target, sampler, 64, sparse=True,
-        ...                             generator=gen)
+        >>> loss = sampled_softmax_loss(x, weight, target, sampler, 64, sparse=True, generator=gen)
         >>> loss.backward()
         >>> weight.grad.is_sparse, x.grad.shape
         (True, torch.Size([8, 16]))
@@ -844,14 +845,14 @@ def sampled_softmax_loss(
         The same negatives drawn beforehand (what a ``torch.compile``-d step would take):
 
         >>> negatives = sampler.sample(64, generator=torch.Generator().manual_seed(1))
-        >>> a = sampled_softmax_loss(x, weight, None, target, sampler, 64, negatives=negatives)
-        >>> b = sampled_softmax_loss(x, weight, None, target, sampler, 64,
+        >>> a = sampled_softmax_loss(x, weight, target, sampler, 64, negatives=negatives)
+        >>> b = sampled_softmax_loss(x, weight, target, sampler, 64,
         ...                          generator=torch.Generator().manual_seed(1))
         >>> torch.equal(a, b)
         True
     """
     check_reduction(reduction)
-    subtract_log_q = _check_bool(subtract_log_q, "subtract_log_q")
+    subtract_log_q = check_bool(subtract_log_q, "subtract_log_q")
     rows, shift, hits = _shared_negatives(
         input,
         weight,
@@ -875,9 +876,10 @@ def sampled_softmax_loss(
 def full_softmax_loss(
     input: Tensor,
     weight: Tensor,
-    bias: Tensor | None,
     target: Tensor,
     reduction: Reduction = "mean",
+    *,
+    bias: Tensor | None = None,
 ) -> Tensor:
     r"""The exact softmax cross-entropy over all ``C`` classes of the output layer.
 
@@ -891,12 +893,13 @@ def full_softmax_loss(
     raise a ``ValueError`` naming the argument.
 
     Args:
-        input: shape ``(B, dim)``; weight: ``(C, dim)``; bias: ``(C,)`` or ``None``;
-        target: ``(B,)`` int64 or int32 in ``[0, C)``; reduction: ``"none" | "mean" | "sum"``.
+        input: shape ``(B, dim)``; weight: ``(C, dim)``; target: ``(B,)`` int64 or int32 in
+        ``[0, C)``; reduction: ``"none" | "mean" | "sum"``; bias: ``(C,)`` or ``None``
+        (keyword-only).
 
     Shape:
-        - input: :math:`(B, D)`; weight: :math:`(C, D)`; bias: :math:`(C,)` or ``None``.
-        - target: :math:`(B,)`.
+        - input: :math:`(B, D)`; weight: :math:`(C, D)`; target: :math:`(B,)`.
+        - bias: :math:`(C,)` or ``None``.
         - output: a scalar, or :math:`(B,)` with ``reduction="none"``.
 
     Examples:
@@ -906,7 +909,7 @@ def full_softmax_loss(
         >>> gen = torch.Generator().manual_seed(0)
         >>> x, weight = torch.randn(4, 3, generator=gen), torch.randn(10, 3, generator=gen)
         >>> target = torch.tensor([0, 9, 2, 2])
-        >>> loss = full_softmax_loss(x, weight, None, target)
+        >>> loss = full_softmax_loss(x, weight, target)
         >>> torch.allclose(loss, F.cross_entropy(x @ weight.T, target))
         True
     """

@@ -110,7 +110,7 @@ def test_full_softmax_equals_torch_cross_entropy(
     x, w, b, t = make_layer(batch, num_classes, 3, seed=seed)
     bias = b if use_bias else None
     for reduction in REDUCTIONS:
-        got = N.full_softmax_loss(x, w, bias, t, reduction=reduction)
+        got = N.full_softmax_loss(x, w, t, reduction=reduction, bias=bias)
         want = F.cross_entropy(F.linear(x, w, bias), t, reduction=reduction)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -143,7 +143,7 @@ def test_binary_losses_equal_bce_with_logits(sampler: N.CandidateSampler) -> Non
             delta_neg, torch.zeros_like(delta_neg), reduction="none"
         ).sum(1)
         gen = torch.Generator().manual_seed(1)
-        got = SAMPLED_LOSSES[name](x, w, b, t, sampler, s, reduction="none", generator=gen)
+        got = SAMPLED_LOSSES[name](x, w, t, sampler, s, reduction="none", generator=gen, bias=b)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         (g_got,) = torch.autograd.grad(got.sum(), w)
         (g_want,) = torch.autograd.grad(want.sum(), w, retain_graph=True)
@@ -162,7 +162,9 @@ def test_sampled_softmax_equals_cross_entropy_over_the_sampled_logits(
     neg = torch.where(negatives[None, :] == t[:, None], -1e300, neg)  # accidental hits out
     logits = torch.cat([true[:, None], neg], dim=1)
     want = F.cross_entropy(logits, torch.zeros_like(t))
-    got = N.sampled_softmax_loss(x, w, b, t, sampler, s, generator=torch.Generator().manual_seed(2))
+    got = N.sampled_softmax_loss(
+        x, w, t, sampler, s, generator=torch.Generator().manual_seed(2), bias=b
+    )
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -175,12 +177,12 @@ def test_without_bias_or_correction_equals_the_naive_formulas() -> None:
     true, neg = logits.gather(1, t[:, None]).squeeze(1), logits[:, negatives]
     hits = negatives[None, :] == t[:, None]
     want_ns = F.softplus(-true) + F.softplus(neg).sum(1)
-    got_ns = N.negative_sampling_loss(x, w, None, t, sampler, 5, negatives=negatives)
+    got_ns = N.negative_sampling_loss(x, w, t, sampler, 5, negatives=negatives)
     torch.testing.assert_close(got_ns, want_ns.mean(), rtol=1e-12, atol=1e-12)
     masked = torch.cat([true[:, None], neg.masked_fill(hits, -math.inf)], 1)
     want_ss = torch.logsumexp(masked, 1) - true
     got_ss = N.sampled_softmax_loss(
-        x, w, None, t, sampler, 5, subtract_log_q=False, negatives=negatives, reduction="none"
+        x, w, t, sampler, 5, subtract_log_q=False, negatives=negatives, reduction="none"
     )
     torch.testing.assert_close(got_ss, want_ss, rtol=1e-12, atol=1e-12)
     for got, want in ((got_ns, want_ns.mean()), (got_ss.sum(), want_ss.sum())):
@@ -192,15 +194,15 @@ def test_without_bias_or_correction_equals_the_naive_formulas() -> None:
 def test_sampled_softmax_with_every_class_once_is_the_full_softmax() -> None:
     x, w, b, t = make_layer(batch=8, num_classes=11)
     sampler = EveryClassOnce(11)
-    full = N.full_softmax_loss(x, w, b, t)
-    sampled = N.sampled_softmax_loss(x, w, b, t, sampler, 11)
+    full = N.full_softmax_loss(x, w, t, bias=b)
+    sampled = N.sampled_softmax_loss(x, w, t, sampler, 11, bias=b)
     torch.testing.assert_close(sampled, full, rtol=1e-12, atol=1e-12)
     grads_full = torch.autograd.grad(full, (w, b))
     grads_sampled = torch.autograd.grad(sampled, (w, b))
     for g_s, g_f in zip(grads_sampled, grads_full, strict=True):
         torch.testing.assert_close(g_s, g_f, rtol=1e-12, atol=1e-12)
     # Keeping the accidental hit puts the target in the softmax twice: the loss is larger.
-    kept = N.sampled_softmax_loss(x, w, b, t, sampler, 11, remove_accidental_hits=False)
+    kept = N.sampled_softmax_loss(x, w, t, sampler, 11, remove_accidental_hits=False, bias=b)
     assert float(kept.detach()) > float(full.detach()) + 0.1
 
 
@@ -225,7 +227,15 @@ def test_accidental_hits_are_masked_with_finite_values_and_zero_gradient() -> No
         want = torch.stack(rows)
         gen = torch.Generator().manual_seed(7)
         got = loss_fn(
-            x, w, b, t, sampler, 4, remove_accidental_hits=True, reduction="none", generator=gen
+            x,
+            w,
+            t,
+            sampler,
+            4,
+            remove_accidental_hits=True,
+            reduction="none",
+            generator=gen,
+            bias=b,
         )
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         (grad,) = torch.autograd.grad(got.sum(), w)
@@ -241,12 +251,12 @@ def test_expected_sampled_softmax_gradient_approaches_the_full_gradient() -> Non
     thresholds 0.15 and 0.04 leave a wide margin on both sides."""
     x, w, b, t = make_layer(batch=4, num_classes=20, dim=3)
     sampler = N.LogUniformSampler(20)
-    (g_full,) = torch.autograd.grad(N.full_softmax_loss(x, w, b, t), w)
+    (g_full,) = torch.autograd.grad(N.full_softmax_loss(x, w, t, bias=b), w)
 
     def relative_error(num_samples: int, draws: int = 300) -> float:
         gen = torch.Generator().manual_seed(0)
         total = sum(
-            N.sampled_softmax_loss(x, w, b, t, sampler, num_samples, generator=gen)
+            N.sampled_softmax_loss(x, w, t, sampler, num_samples, generator=gen, bias=b)
             for _ in range(draws)
         )
         (g,) = torch.autograd.grad(total / draws, w)
@@ -269,12 +279,12 @@ def test_gradcheck_float64(name: str) -> None:
     def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         gen = torch.Generator().manual_seed(5)  # the same negatives on every call
         return SAMPLED_LOSSES[name](
-            x, w, b, t, sampler, 5, remove_accidental_hits=True, generator=gen
+            x, w, t, sampler, 5, remove_accidental_hits=True, generator=gen, bias=b
         )
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradcheck(
-        lambda x, w, b: N.full_softmax_loss(x, w, b, t, reduction="sum"), (x, w, b)
+        lambda x, w, b: N.full_softmax_loss(x, w, t, reduction="sum", bias=b), (x, w, b)
     )
 
 
@@ -285,7 +295,7 @@ def test_sparse_weight_gradient_equals_the_dense_one(name: str) -> None:
     grads = []
     for sparse in (False, True):
         gen = torch.Generator().manual_seed(4)
-        loss = SAMPLED_LOSSES[name](x, w, b, t, sampler, 6, sparse=sparse, generator=gen)
+        loss = SAMPLED_LOSSES[name](x, w, t, sampler, 6, sparse=sparse, generator=gen, bias=b)
         (g,) = torch.autograd.grad(loss, w)
         grads.append(g)
     assert grads[1].is_sparse and not grads[0].is_sparse
@@ -302,11 +312,11 @@ def test_finite_values_and_gradients_at_extremes(name: str, dtype: torch.dtype) 
     b = torch.zeros(4, dtype=dtype, requires_grad=True)
     t = torch.tensor([1, 0, 3])  # every target scored -1e4: the worst case
     if name == "full":
-        loss = N.full_softmax_loss(x, w, b, t)
+        loss = N.full_softmax_loss(x, w, t, bias=b)
     else:
         gen = torch.Generator().manual_seed(0)
         loss = SAMPLED_LOSSES[name](
-            x, w, b, t, N.UniformSampler(4), 6, remove_accidental_hits=True, generator=gen
+            x, w, t, N.UniformSampler(4), 6, remove_accidental_hits=True, generator=gen, bias=b
         )
     gw, gb = torch.autograd.grad(loss, (w, b))
     assert loss.dtype == dtype
@@ -320,10 +330,10 @@ def test_reductions(name: str) -> None:
 
     def loss(reduction: str) -> Tensor:
         if name == "full":
-            return N.full_softmax_loss(x, w, b, t, reduction=reduction)
+            return N.full_softmax_loss(x, w, t, reduction=reduction, bias=b)
         gen = torch.Generator().manual_seed(0)
         return SAMPLED_LOSSES[name](
-            x, w, b, t, N.UniformSampler(15), 5, reduction=reduction, generator=gen
+            x, w, t, N.UniformSampler(15), 5, reduction=reduction, generator=gen, bias=b
         )
 
     none = loss("none")
@@ -335,12 +345,12 @@ def test_reductions(name: str) -> None:
 def test_without_bias_and_in_bfloat16() -> None:
     x, w, _, t = make_layer(dtype=torch.bfloat16)
     gen = torch.Generator().manual_seed(0)
-    loss = N.nce_loss(x, w, None, t, N.LogUniformSampler(15), 8, generator=gen)
+    loss = N.nce_loss(x, w, t, N.LogUniformSampler(15), 8, generator=gen)
     (g,) = torch.autograd.grad(loss, w)
     assert loss.dtype == torch.bfloat16 and g.dtype == torch.bfloat16
     x64, w64, _, _ = make_layer()
     gen = torch.Generator().manual_seed(0)
-    want = N.nce_loss(x64, w64, None, t, N.LogUniformSampler(15), 8, generator=gen)
+    want = N.nce_loss(x64, w64, t, N.LogUniformSampler(15), 8, generator=gen)
     torch.testing.assert_close(loss.double(), want, rtol=3e-2, atol=3e-2)
 
 
@@ -390,83 +400,91 @@ def test_bad_loss_arguments(name: str) -> None:
         (
             ValueError,
             r"target must hold class indices in \[0, 14\] .* got 15",
-            lambda: fn(x, w, b, torch.tensor([0, 1, 2, 3, 4, 15]), s, 4),
+            lambda: fn(x, w, torch.tensor([0, 1, 2, 3, 4, 15]), s, 4, bias=b),
         ),
         (
             ValueError,
             r"target must hold class indices .* got -1",
-            lambda: fn(x, w, b, torch.tensor([0, 1, 2, 3, 4, -1]), s, 4),
+            lambda: fn(x, w, torch.tensor([0, 1, 2, 3, 4, -1]), s, 4, bias=b),
         ),
         (
             TypeError,
             r"target must hold integer class indices",
-            lambda: fn(x, w, b, t.double(), s, 4),
+            lambda: fn(x, w, t.double(), s, 4, bias=b),
         ),
         (
             ValueError,
             r"target must have shape \(6,\), got \(5,\)",
-            lambda: fn(x, w, b, t[:5], s, 4),
+            lambda: fn(x, w, t[:5], s, 4, bias=b),
         ),
-        (ValueError, r"num_samples must be at least 1, got 0", lambda: fn(x, w, b, t, s, 0)),
-        (TypeError, r"num_samples must be an int", lambda: fn(x, w, b, t, s, 2.5)),
+        (ValueError, r"num_samples must be at least 1, got 0", lambda: fn(x, w, t, s, 0, bias=b)),
+        (TypeError, r"num_samples must be an int", lambda: fn(x, w, t, s, 2.5, bias=b)),
         (
             ValueError,
             r"weight must have shape \(15, 4\), got \(15, 3\)",
-            lambda: fn(x, w[:, :3], b, t, s, 4),
+            lambda: fn(x, w[:, :3], t, s, 4, bias=b),
         ),
         (
             TypeError,
             r"weight must have the same dtype as input",
-            lambda: fn(x, w.float(), b, t, s, 4),
+            lambda: fn(x, w.float(), t, s, 4, bias=b),
         ),
         (
             ValueError,
             r"bias must have shape \(15,\), got \(14,\)",
-            lambda: fn(x, w, b[:14], t, s, 4),
+            lambda: fn(x, w, t, s, 4, bias=b[:14]),
         ),
-        (ValueError, r"input must have 2 dimension\(s\), got 1", lambda: fn(x[0], w, b, t, s, 4)),
+        (
+            ValueError,
+            r"input must have 2 dimension\(s\), got 1",
+            lambda: fn(x[0], w, t, s, 4, bias=b),
+        ),
         (
             ValueError,
             r"sampler must cover the 15 classes of weight, got a sampler over 9",
-            lambda: fn(x, w, b, t, N.UniformSampler(9), 4),
+            lambda: fn(x, w, t, N.UniformSampler(9), 4, bias=b),
         ),
         (
             TypeError,
             r"sampler must be a companion.nce.CandidateSampler, got str",
-            lambda: fn(x, w, b, t, "uniform", 4),
+            lambda: fn(x, w, t, "uniform", 4, bias=b),
         ),
-        (ValueError, r"reduction must be one of", lambda: fn(x, w, b, t, s, 4, reduction="avg")),
-        (ValueError, r"input must be finite", lambda: fn(x * float("nan"), w, b, t, s, 4)),
+        (
+            ValueError,
+            r"reduction must be one of",
+            lambda: fn(x, w, t, s, 4, reduction="avg", bias=b),
+        ),
+        (ValueError, r"input must be finite", lambda: fn(x * float("nan"), w, t, s, 4, bias=b)),
         (
             ValueError,
             r"weight \(the rows this batch uses\) must be finite",
-            lambda: fn(x, w.detach().index_fill(0, t[:1], float("nan")), b, t, s, 4),
+            lambda: fn(x, w.detach().index_fill(0, t[:1], float("nan")), t, s, 4, bias=b),
         ),
         (
             TypeError,
             r"remove_accidental_hits must be a bool, got str",
-            lambda: fn(x, w, b, t, s, 4, remove_accidental_hits="yes"),
+            lambda: fn(x, w, t, s, 4, remove_accidental_hits="yes", bias=b),
         ),
-        (TypeError, r"sparse must be a bool, got int", lambda: fn(x, w, b, t, s, 4, sparse=1)),
+        (TypeError, r"sparse must be a bool, got int", lambda: fn(x, w, t, s, 4, sparse=1, bias=b)),
         (
             ValueError,
             r"negatives must have shape \(4,\), got \(3,\)",
-            lambda: fn(x, w, b, t, s, 4, negatives=torch.tensor([0, 1, 2])),
+            lambda: fn(x, w, t, s, 4, negatives=torch.tensor([0, 1, 2]), bias=b),
         ),
         (
             ValueError,
             r"negatives must hold class indices in \[0, 14\] .* got 15",
-            lambda: fn(x, w, b, t, s, 2, negatives=torch.tensor([0, 15])),
+            lambda: fn(x, w, t, s, 2, negatives=torch.tensor([0, 15]), bias=b),
         ),
         (
             TypeError,
             r"negatives must hold integer class indices",
-            lambda: fn(x, w, b, t, s, 2, negatives=torch.tensor([True, False])),
+            lambda: fn(x, w, t, s, 2, negatives=torch.tensor([True, False]), bias=b),
         ),
         (
             ValueError,
             r"generator must be None when negatives are given",
-            lambda: fn(x, w, b, t, s, 2, negatives=t[:2], generator=torch.Generator()),
+            lambda: fn(x, w, t, s, 2, negatives=t[:2], generator=torch.Generator(), bias=b),
         ),
     ]
     for error, message, call in cases:
@@ -477,13 +495,13 @@ def test_bad_loss_arguments(name: str) -> None:
 def test_bad_full_softmax_arguments() -> None:
     x, w, b, t = make_layer()
     with pytest.raises(ValueError, match=r"target must hold class indices .* got 20"):
-        N.full_softmax_loss(x, w, b, torch.full((6,), 20))
+        N.full_softmax_loss(x, w, torch.full((6,), 20), bias=b)
     with pytest.raises(ValueError, match=r"weight must be finite"):
-        N.full_softmax_loss(x, w.detach() * float("nan"), b, t)
+        N.full_softmax_loss(x, w.detach() * float("nan"), t, bias=b)
     with pytest.raises(ValueError, match=r"bias must be finite"):
-        N.full_softmax_loss(x, w, b.detach() - float("inf"), t)
+        N.full_softmax_loss(x, w, t, bias=b.detach() - float("inf"))
     with pytest.raises(ValueError, match=r"input must be finite"):
-        N.full_softmax_loss(x * float("inf"), w, b, t)
+        N.full_softmax_loss(x * float("inf"), w, t, bias=b)
 
 
 # ------------------------------------------------------------------ infinities (issue 11, 4.4)
@@ -503,7 +521,7 @@ def test_infinite_inputs_are_refused_with_the_argument_named(
     else:  # a row or entry that this batch uses: the target of row 0
         args[where] = args[where].index_fill(0, t[:1], value)
     call = lambda: SAMPLED_LOSSES[name](  # noqa: E731
-        args["input"], args["weight"], args["bias"], t, N.UniformSampler(15), 4
+        args["input"], args["weight"], t, N.UniformSampler(15), 4, bias=args["bias"]
     )
     with pytest.raises(ValueError, match=rf"^{where}\b.* must be finite"):
         call()
@@ -519,8 +537,8 @@ def test_unused_rows_of_the_layer_are_not_read() -> None:
     w_nan = w.detach().index_fill(0, torch.tensor([unused]), float("nan"))
     for fn in SAMPLED_LOSSES.values():
         sampler = N.UniformSampler(15)
-        got = fn(x, w_nan, b, t, sampler, 3, negatives=negatives)
-        want = fn(x, w.detach(), b, t, sampler, 3, negatives=negatives)
+        got = fn(x, w_nan, t, sampler, 3, negatives=negatives, bias=b)
+        want = fn(x, w.detach(), t, sampler, 3, negatives=negatives, bias=b)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -538,7 +556,7 @@ def test_second_derivatives_are_exact(name: str, sparse: bool) -> None:
 
     def fn(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         loss = SAMPLED_LOSSES[name](
-            x, w, b, t, sampler, 5, remove_accidental_hits=True, negatives=negatives
+            x, w, t, sampler, 5, remove_accidental_hits=True, negatives=negatives, bias=b
         )
         return loss
 
@@ -546,7 +564,9 @@ def test_second_derivatives_are_exact(name: str, sparse: bool) -> None:
     # a gradient penalty through the sparse path agrees with the dense one
     penalties = []
     for sparse_ in (False, sparse):
-        loss = SAMPLED_LOSSES[name](x, w, b, t, sampler, 5, sparse=sparse_, negatives=negatives)
+        loss = SAMPLED_LOSSES[name](
+            x, w, t, sampler, 5, sparse=sparse_, negatives=negatives, bias=b
+        )
         (gx,) = torch.autograd.grad(loss, x, create_graph=True)
         penalties.append(torch.autograd.grad(gx.square().sum(), (x, b)))
     for got, want in zip(*penalties, strict=True):
@@ -558,13 +578,13 @@ def test_given_negatives_equal_the_drawn_ones(name: str) -> None:
     x, w, b, t = make_layer()
     sampler = N.LogUniformSampler(15)
     drawn = sampler.sample(7, generator=torch.Generator().manual_seed(3))
-    got = SAMPLED_LOSSES[name](x, w, b, t, sampler, 7, negatives=drawn, reduction="none")
+    got = SAMPLED_LOSSES[name](x, w, t, sampler, 7, negatives=drawn, reduction="none", bias=b)
     gen = torch.Generator().manual_seed(3)
-    want = SAMPLED_LOSSES[name](x, w, b, t, sampler, 7, generator=gen, reduction="none")
+    want = SAMPLED_LOSSES[name](x, w, t, sampler, 7, generator=gen, reduction="none", bias=b)
     assert torch.equal(got, want)
     # int32 targets and negatives are taken as class indices too
     got32 = SAMPLED_LOSSES[name](
-        x, w, b, t.int(), sampler, 7, negatives=drawn.int(), reduction="none"
+        x, w, t.int(), sampler, 7, negatives=drawn.int(), reduction="none", bias=b
     )
     assert torch.equal(got32, want)
 
@@ -592,22 +612,22 @@ def test_zero_host_syncs_with_value_checks_off(name: str, sparse: bool, hits: bo
     for sampler in samplers(15):
         kwargs = {"sparse": sparse, "remove_accidental_hits": hits}
         with companion.value_checks(False), count_host_syncs() as syncs:
-            loss = SAMPLED_LOSSES[name](x, w, b, t, sampler, 6, **kwargs)
+            loss = SAMPLED_LOSSES[name](x, w, t, sampler, 6, **kwargs, bias=b)
             loss.backward()
             if extra:
-                SAMPLED_LOSSES[name](x, w, None, t, sampler, 6, **kwargs, **extra).backward()
+                SAMPLED_LOSSES[name](x, w, t, sampler, 6, **kwargs, **extra).backward()
         assert syncs() == 0, type(sampler).__name__
         assert w.grad is not None and w.grad.is_sparse == sparse
         x.grad = w.grad = b.grad = None
     with count_host_syncs() as syncs:  # value checks on: they read the data, and say so
-        SAMPLED_LOSSES[name](x, w, b, t, samplers(15)[0], 6).backward()
+        SAMPLED_LOSSES[name](x, w, t, samplers(15)[0], 6, bias=b).backward()
     assert syncs() > 0
 
 
 def test_full_softmax_makes_no_host_sync_with_value_checks_off() -> None:
     x, w, b, t = make_layer(dtype=torch.float32)
     with companion.value_checks(False), count_host_syncs() as syncs:
-        N.full_softmax_loss(x, w, b, t).backward()
+        N.full_softmax_loss(x, w, t, bias=b).backward()
     assert syncs() == 0
 
 
@@ -636,7 +656,7 @@ def test_compiles_as_one_graph_and_equals_eager(name: str, sparse: bool) -> None
 
     def step(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         return sum(  # type: ignore[return-value]
-            SAMPLED_LOSSES[name](x, w, b, t, sampler, 6, **options) for sampler in noise
+            SAMPLED_LOSSES[name](x, w, t, sampler, 6, **options, bias=b) for sampler in noise
         )
 
     torch._dynamo.reset()
@@ -656,7 +676,7 @@ def test_compiles_with_inductor_and_equals_eager() -> None:
 
     def step(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         return sum(  # type: ignore[return-value]
-            fn(x, w, b, t, sampler, 5, negatives=negatives) for fn in SAMPLED_LOSSES.values()
+            fn(x, w, t, sampler, 5, negatives=negatives, bias=b) for fn in SAMPLED_LOSSES.values()
         )
 
     torch._dynamo.reset()
@@ -674,7 +694,7 @@ def test_samplers_draw_inside_a_compiled_graph(sampler: N.CandidateSampler) -> N
 
     def step(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         return sum(  # type: ignore[return-value]
-            fn(x, w, b, t, sampler, 6, remove_accidental_hits=True)
+            fn(x, w, t, sampler, 6, remove_accidental_hits=True, bias=b)
             for fn in SAMPLED_LOSSES.values()
         )
 
