@@ -913,8 +913,8 @@ def full_softmax_loss(
         >>> torch.allclose(loss, F.cross_entropy(x @ weight.T, target))
         True
     """
-    check_reduction(reduction)
     target = _check_output_layer(input, weight, bias, target)
+    check_reduction(reduction)
     check_finite(weight, "weight")
     if bias is not None:
         check_finite(bias, "bias")

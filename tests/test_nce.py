@@ -504,6 +504,20 @@ def test_bad_full_softmax_arguments() -> None:
         N.full_softmax_loss(x * float("inf"), w, t, bias=b)
 
 
+@pytest.mark.parametrize("name", [*SAMPLED_LOSSES, "full"])
+@pytest.mark.parametrize("bias", ["tensor", "None"])
+def test_the_old_argument_order_is_refused(name: str, bias: str) -> None:
+    """0.1.0's ``(input, weight, bias, target, ...)`` raises naming target, not a wrong loss."""
+    x, w, b, t = make_layer()
+    old_bias = b if bias == "tensor" else None
+    message = r"^target must (hold integer class indices|be a torch.Tensor of class indices)"
+    with pytest.raises(TypeError, match=message):
+        if name == "full":
+            N.full_softmax_loss(x, w, old_bias, t)  # type: ignore[arg-type]
+        else:
+            SAMPLED_LOSSES[name](x, w, old_bias, t, N.UniformSampler(15), 4)
+
+
 # ------------------------------------------------------------------ infinities (issue 11, 4.4)
 
 
