@@ -14,7 +14,8 @@ distances (or dot products) mean similarity:
 * :func:`clip_loss` is InfoNCE in both directions over the ``B x B`` image-text similarity
   matrix (Radford et al., 2021). With ``chunk_size`` it never holds more than
   ``chunk_size x B`` of that matrix, in the forward or the backward pass; under
-  :mod:`torch.distributed` it gathers the other processes' features with their gradients.
+  ``group=`` (a ``torch.distributed`` process group) it gathers the other processes' features
+  with their gradients.
   :class:`ClipLoss` owns the learnable temperature (as its logarithm).
 * :func:`soft_target_clip_loss` replaces the identity targets by a softmax of the averaged
   within-modality similarities, so near-duplicates inside a batch share the credit.
@@ -36,17 +37,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._distributed import (
+    ProcessGroup,
+    all_gather_rows,
+    gather_rows,
+    local_batch_sizes,
+    replicated,
+    resolve_group,
+    sum_over_ranks,
+)
 from companion._numerics import compute_dtype, refuse_double_backward
 from companion._validate import (
     Reduction,
     check_batch_size,
     check_binary,
+    check_bool,
+    check_chunk_size,
     check_finite,
-    check_int,
     check_integer_labels,
     check_positive,
     check_reduction,
@@ -74,10 +84,17 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_pair(a: Tensor, name_a: str, b: Tensor, name_b: str) -> None:
-    """Two non-empty 2-D floating tensors of the same shape, dtype and device, finite."""
-    check_tensor(a, name_a, ndim=2)
-    check_tensor(b, name_b, ndim=2)
+def _check_pair(a: Tensor, name_a: str, b: Tensor, name_b: str, *, mined: bool = False) -> None:
+    """Two non-empty 2-D floating tensors of the same shape, dtype and device, finite.
+
+    ``mined``: the rows are pairs or triplets a miner picked, and it may have picked none: a
+    batch of zero rows is accepted (an empty feature dimension still is not).
+    """
+    check_tensor(a, name_a, ndim=2, allow_empty=mined)
+    check_tensor(b, name_b, ndim=2, allow_empty=mined)
+    for x, name in ((a, name_a), (b, name_b)):
+        if mined and x.shape[1] == 0:
+            raise ValueError(f"{name} must not be empty (no features), got shape {tuple(x.shape)}")
     if a.shape[0] != b.shape[0]:
         check_batch_size(a, name_a, b, name_b)
     check_same_shape(a, name_a, b, name_b)
@@ -87,8 +104,8 @@ def _check_pair(a: Tensor, name_a: str, b: Tensor, name_b: str) -> None:
 
 
 def _binary_mask(same: object, name: str, like: Tensor) -> Tensor:
-    """A ``(B,)`` bool or 0/1 tensor on ``like``'s device, as ``like``'s dtype."""
-    check_tensor(same, name, ndim=1, floating=False)
+    """A ``(B,)`` bool or 0/1 tensor on ``like``'s device, as ``like``'s dtype (``B`` may be 0)."""
+    check_tensor(same, name, ndim=1, floating=False, allow_empty=True)
     assert isinstance(same, Tensor)
     check_shape(same, name, (like.shape[0],))
     if same.device != like.device:
@@ -101,6 +118,17 @@ def _binary_mask(same: object, name: str, like: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Pairs and triplets
 # --------------------------------------------------------------------------------------------
+
+
+def _reduce_mined(loss: Tensor, reduction: str) -> Tensor:
+    """:func:`reduce_loss` for mined pairs or triplets, where a miner may have found none.
+
+    The mean of no pairs is 0 (not ``0 / 0``): the sum of the empty per-pair loss, which is
+    still connected to the graph, so a backward pass runs and gives zero gradients.
+    """
+    if loss.shape[0] == 0 and reduction == "mean":
+        return reduce_loss(loss, "sum")
+    return reduce_loss(loss, reduction)
 
 
 def contrastive_loss(
@@ -118,6 +146,10 @@ def contrastive_loss(
     Matching pairs are pulled together; non-matching pairs are pushed apart only until they
     are ``margin`` apart. The paper writes :math:`Y = 0` for a similar pair; here ``same`` is
     1 (or True) for a similar pair, which reads more naturally.
+
+    **No pairs.** When a miner finds no pair (``B = 0``), the loss is 0 for ``"mean"`` and
+    ``"sum"`` and an empty ``(0,)`` tensor for ``"none"``, connected to the graph: the backward
+    pass runs and gives zero gradients, so training goes on (as in pytorch-metric-learning).
 
     Args:
         x1, x2: embeddings, same dtype and device.
@@ -137,7 +169,7 @@ def contrastive_loss(
         >>> contrastive_loss(x1, x2, torch.tensor([True, False]), reduction="none")
         tensor([0.5000, 0.1250])
     """
-    _check_pair(x1, "x1", x2, "x2")
+    _check_pair(x1, "x1", x2, "x2", mined=True)
     same_f = _binary_mask(same, "same", x1)
     check_positive(margin, "margin")
     check_reduction(reduction)
@@ -147,7 +179,7 @@ def contrastive_loss(
     distance = torch.linalg.vector_norm(diff, dim=1)
     pull = 0.5 * squared
     push = 0.5 * torch.clamp(margin - distance, min=0).pow(2)
-    return reduce_loss(same_f * pull + (1 - same_f) * push, reduction)
+    return _reduce_mined(same_f * pull + (1 - same_f) * push, reduction)
 
 
 def triplet_loss(
@@ -169,6 +201,10 @@ def triplet_loss(
     with ``p=2``, minus its ``eps``), or its square with ``squared=True`` (as in FaceNet,
     Schroff et al. 2015, and the large-margin nearest neighbours of Weinberger and Saul, 2009).
 
+    **No triplets.** When a miner finds no triplet (``B = 0``), the loss is 0 for ``"mean"`` and
+    ``"sum"`` and an empty ``(0,)`` tensor for ``"none"``, connected to the graph: the backward
+    pass runs and gives zero gradients, so training goes on (as in pytorch-metric-learning).
+
     Args:
         anchor, positive, negative: embeddings, same dtype and device.
         margin: :math:`m > 0`.
@@ -186,8 +222,8 @@ def triplet_loss(
         >>> triplet_loss(a, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.5]]), margin=1.0)
         tensor(0.5000)
     """
-    _check_pair(anchor, "anchor", positive, "positive")
-    _check_pair(anchor, "anchor", negative, "negative")
+    _check_pair(anchor, "anchor", positive, "positive", mined=True)
+    _check_pair(anchor, "anchor", negative, "negative", mined=True)
     check_positive(margin, "margin")
     check_reduction(reduction)
     if squared:
@@ -196,7 +232,7 @@ def triplet_loss(
     else:
         d_pos = torch.linalg.vector_norm(anchor - positive, dim=1)
         d_neg = torch.linalg.vector_norm(anchor - negative, dim=1)
-    return reduce_loss(torch.clamp(d_pos - d_neg + margin, min=0), reduction)
+    return _reduce_mined(torch.clamp(d_pos - d_neg + margin, min=0), reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +306,11 @@ def supervised_contrastive_loss(
     averages over the anchors that have at least one positive; a batch without any positive
     pair gives 0 with a zero gradient. This is what pytorch-metric-learning's ``SupConLoss``
     returns too (the original code gives NaN). Unlike ``SupConLoss``, a batch in which every
-    sample has the same label (no negatives) still gets the formula's value, not 0.
+    sample has the same label (no negatives) still gets the formula's value, not 0. The mean is
+    the package's weighted mean (:func:`companion._validate.reduce_loss`, with weight 1 for an
+    anchor with a positive and 0 for one without), computed in float32 for float16 and
+    bfloat16 features, then cast back: 2,048 float16 anchors with a loss near 47 each have a
+    mean of 47, though their sum passes float16's largest value, 65,504.
 
     The features are used as given: L2-normalise them first, as the paper does (and as
     ``SupConLoss`` does inside its cosine similarity).
@@ -308,7 +348,7 @@ def supervised_contrastive_loss(
         y = y.repeat(views)
     else:
         z = features
-    work = torch.promote_types(z.dtype, torch.float32)
+    work = compute_dtype(z.dtype)
     logits = (z @ z.T).to(work) / temperature
     self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, -math.inf)
@@ -317,10 +357,9 @@ def supervised_contrastive_loss(
     count = positive.sum(dim=1)
     # where=positive keeps -inf (the diagonal) and the negatives out of the sum
     total = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-    per_anchor = (-total / count.clamp(min=1)).to(z.dtype)
-    if reduction == "mean":
-        return per_anchor.sum() / (count > 0).sum().clamp(min=1).to(per_anchor.dtype)
-    return reduce_loss(per_anchor, reduction)
+    per_anchor = -total / count.clamp(min=1)
+    # weight 0 leaves the anchors without a positive out of the mean (their loss is 0 anyway)
+    return reduce_loss(per_anchor, reduction, (count > 0).to(work)).to(z.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,30 +396,34 @@ def _tile_logsumexp(logits: Tensor, dim: int, work: Tensor) -> Tensor:
 
 
 class _TiledCrossEntropy(torch.autograd.Function):
-    r"""Sum of the cross-entropies of the rows (and optionally the columns) of ``s Q K^T``.
+    r"""Per-row (and optionally per-column) cross-entropies of ``s Q K^T``, in row tiles.
 
     Row ``i`` of the logit matrix :math:`L = s\,QK^\top` (``Q`` of shape ``(m, D)``, ``K`` of
-    shape ``(n, D)``) has its positive at column ``o + i`` (``o`` = ``offset``). The result is
+    shape ``(n, D)``) has its positive at column ``o + i`` (``o`` = ``offset``). The outputs are
 
     .. math::
 
-        \sum_i \bigl(r_i - L_{i, o+i}\bigr) \;\Bigl[+ \sum_j \bigl(c_j - L_{jj}\bigr)\Bigr],
-        \qquad r_i = \operatorname{lse}_j L_{ij}, \quad c_j = \operatorname{lse}_i L_{ij},
+        \ell^{\text{row}}_i = r_i - L_{i, o+i}, \qquad
+        \ell^{\text{col}}_j = c_j - L_{jj}, \qquad
+        r_i = \operatorname{lse}_j L_{ij}, \quad c_j = \operatorname{lse}_i L_{ij},
 
-    where the bracket (the columns) needs a square matrix and ``o = 0``. ``L`` is built
-    ``chunk`` rows at a time. The forward pass gets each tile's row log-sum-exps exactly and
-    merges the column log-sum-exps tile by tile with ``logaddexp`` (an online log-sum-exp);
-    only these ``m + n`` statistics are saved. The backward pass rebuilds each tile, forms its
-    gradient
+    where the columns need a square matrix and ``o = 0`` (an empty vector otherwise), both in at
+    least float32. ``L`` is built ``chunk`` rows at a time. The forward pass gets each tile's
+    row log-sum-exps exactly and merges the column log-sum-exps tile by tile with ``logaddexp``
+    (an online log-sum-exp); the positive logit is read from the same tile, so a loss is never
+    negative from rounding (the target and the log-sum-exp come from the same rounded values).
+    Only these ``m + n`` statistics are saved. The backward pass rebuilds each tile, forms its
+    gradient with the incoming per-row and per-column gradients :math:`g, h`
 
     .. math::
 
-        G_{ij} = \frac{\partial}{\partial L_{ij}} = e^{L_{ij} - r_i} \;[+\, e^{L_{ij} - c_j}]
-        - (1\;[+1])\,\mathbb 1[j = o + i],
+        G_{ij} = g_i\,e^{L_{ij} - r_i} \;[+\, h_j\,e^{L_{ij} - c_j}]
+        - (g_i\;[+h_i])\,\mathbb 1[j = o + i],
 
     and accumulates :math:`dQ = s\,GK`, :math:`dK = s\,G^\top Q` and
     :math:`ds = \sum_{ij} G_{ij} (QK^\top)_{ij} = \sum_i q_i \cdot (GK)_i`. Two reusable
-    ``chunk x n`` buffers hold everything of the matrix that ever exists.
+    ``chunk x n`` buffers hold everything of the matrix that ever exists. Products run in the
+    inputs' dtype; log-sum-exps, the tile gradient and ``dK`` accumulate in float32 or wider.
 
     That is four ``B x B x D`` products (one forward, three backward) where an implementation
     that keeps the matrix needs three: the column statistics :math:`c_j` depend on every row,
@@ -396,32 +439,31 @@ class _TiledCrossEntropy(torch.autograd.Function):
         offset: int,
         with_columns: bool,
         chunk: int,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         acc = compute_dtype(queries.dtype)
         m, n = queries.shape[0], keys.shape[0]
         keys_t = keys.T
         scaled = queries * scale.to(queries.dtype)  # folding s into Q: O(mD), not O(mn)
         logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
         row_lse = torch.empty(m, dtype=acc, device=queries.device)
+        positive = torch.empty(m, dtype=acc, device=queries.device)
         col_lse = torch.full((n if with_columns else 0,), -math.inf, dtype=acc, device=keys.device)
         work_buf = torch.empty_like(logits_buf)
         for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
+            rows = torch.arange(stop - start, device=logits.device)
+            positive[start:stop] = logits[rows, rows + (offset + start)]
             work = work_buf[: stop - start]
             row_lse[start:stop] = _tile_logsumexp(logits, 1, work)
             if with_columns:
                 torch.logaddexp(col_lse, _tile_logsumexp(logits, 0, work), out=col_lse)
-        positive = (scaled.to(acc) * keys[offset : offset + m].to(acc)).sum(dim=1)
-        total = row_lse.sum() - positive.sum()
-        if with_columns:
-            total = total + col_lse.sum() - positive.sum()
         ctx.save_for_backward(queries, keys, scale, row_lse, col_lse)
         ctx.offset, ctx.with_columns, ctx.chunk = offset, with_columns, chunk
-        return total.to(queries.dtype)
+        return row_lse - positive, (col_lse - positive if with_columns else col_lse)
 
     @staticmethod
     def backward(
-        ctx: Any, grad_total: Tensor
+        ctx: Any, grad_rows: Tensor, grad_columns: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
         refuse_double_backward("clip_loss")
         queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
@@ -429,31 +471,32 @@ class _TiledCrossEntropy(torch.autograd.Function):
         need_q, need_k, need_s = ctx.needs_input_grad[:3]
         dtype, acc = queries.dtype, compute_dtype(queries.dtype)
         s = scale.to(dtype)
-        g = grad_total.to(acc)
+        g = grad_rows.to(acc)
+        h = grad_columns.to(acc) if with_columns else None
         m, n = queries.shape[0], keys.shape[0]
         keys_t = keys.T
         scaled = queries * s
-        positives = 2.0 if with_columns else 1.0
         logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
         grad_buf = torch.empty_like(logits_buf)
         d_queries = torch.empty_like(queries) if need_q else None
         d_keys = torch.zeros(keys.shape, dtype=acc, device=keys.device) if need_k else None
         d_scale = torch.zeros((), dtype=acc, device=queries.device)
         grad_keys_buf = torch.empty((min(chunk, m), keys.shape[1]), dtype=dtype, device=keys.device)
-        gs = (g * s).to(dtype)
+        # the positive's coefficient in each row: -(g_i [+ h_i])
+        diagonal = -(g + h) if h is not None else -g
         for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
             grad = grad_buf[: stop - start]
-            torch.sub(logits, row_lse[start:stop, None], out=grad).exp_()
-            if with_columns:
-                grad += logits.sub_(col_lse).exp_()
+            torch.sub(logits, row_lse[start:stop, None], out=grad).exp_().mul_(g[start:stop, None])
+            if h is not None:
+                grad += logits.sub_(col_lse).exp_().mul_(h)
             rows = torch.arange(stop - start, device=grad.device)
-            grad[rows, rows + (offset + start)] -= positives
-            # grad is d total / d logits for this tile, before the factor g
+            grad[rows, rows + (offset + start)] += diagonal[start:stop]
+            # grad is d loss / d logits for this tile
             grad_mm = grad if grad.dtype == dtype else grad.to(dtype)
             grad_keys = torch.mm(grad_mm, keys, out=grad_keys_buf[: stop - start])  # G K
             if d_queries is not None:
-                torch.mul(grad_keys, gs, out=d_queries[start:stop])
+                torch.mul(grad_keys, s, out=d_queries[start:stop])
             if need_s:
                 d_scale += torch.vdot(
                     queries[start:stop].flatten().to(acc), grad_keys.flatten().to(acc)
@@ -465,103 +508,36 @@ class _TiledCrossEntropy(torch.autograd.Function):
                     d_keys += torch.mm(grad_mm.T, scaled[start:stop]).to(acc)
         return (
             d_queries,
-            d_keys.mul_(g).to(dtype) if d_keys is not None else None,
-            (d_scale * g).to(scale.dtype) if need_s else None,
+            d_keys.to(dtype) if d_keys is not None else None,
+            d_scale.to(scale.dtype) if need_s else None,
             None,
             None,
             None,
         )
 
 
-def _cross_entropy_sum(
+def _pair_cross_entropies(
     queries: Tensor,
     keys: Tensor,
     scale: Tensor,
     offset: int,
     with_columns: bool,
     chunk_size: int | None,
-) -> Tensor:
-    """The sum that :class:`_TiledCrossEntropy` computes, with the full matrix or in tiles."""
+) -> tuple[Tensor, Tensor]:
+    """``(row losses, column losses)`` of :class:`_TiledCrossEntropy`, tiled or with the full
+    matrix, in at least float32 (so that a float16 sum over a large batch cannot overflow)."""
     if chunk_size is not None:
-        result: Tensor = _TiledCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        rows, columns = _TiledCrossEntropy.apply(  # type: ignore[no-untyped-call]
             queries, keys, scale, offset, with_columns, chunk_size
         )
-        return result
-    logits = scale.to(queries.dtype) * (queries @ keys.T)
+        return rows, columns
+    acc = compute_dtype(queries.dtype)
+    logits = (scale.to(queries.dtype) * (queries @ keys.T)).to(acc)
     labels = torch.arange(offset, offset + queries.shape[0], device=queries.device)
-    total = F.cross_entropy(logits, labels, reduction="sum")
-    if with_columns:
-        total = total + F.cross_entropy(logits.T, labels, reduction="sum")
-    return total
-
-
-# --------------------------------------------------------------------------------------------
-# torch.distributed helpers, shared with companion.siglip
-# --------------------------------------------------------------------------------------------
-
-
-class _GatherWithGradient(torch.autograd.Function):
-    """``all_gather`` along the batch dimension whose backward returns the summed gradient.
-
-    Every rank's loss depends on every rank's features, so the gradient that reaches this
-    rank's features is the sum over ranks of the gradients with respect to them: an
-    ``all_reduce`` of the gathered gradient, then this rank's slice. Local batch sizes may
-    differ between ranks (each is padded to the largest for the collective).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, local: Tensor, sizes: tuple[int, ...], rank: int) -> Tensor:
-        width = max(sizes)
-        padded = local.new_zeros((width, *local.shape[1:]))
-        padded[: local.shape[0]] = local
-        buffers = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(buffers, padded.contiguous())
-        ctx.start = sum(sizes[:rank])
-        ctx.size = sizes[rank]
-        return torch.cat([buf[:size] for buf, size in zip(buffers, sizes, strict=True)])
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        total = grad.contiguous().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total[ctx.start : ctx.start + ctx.size], None, None
-
-
-def _process_group_size(gather: bool) -> tuple[int, int]:
-    """``(rank, world_size)`` of the default group, or ``(0, 1)`` outside torch.distributed."""
-    if gather and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _local_batch_sizes(
-    local: int,
-    rank: int,
-    world: int,
-    device: torch.device,
-    batch_sizes: Sequence[int] | None,
-    group: Any = None,
-) -> tuple[int, ...]:
-    """Every rank's local batch size: from ``batch_sizes`` if given, else one ``all_reduce``.
-
-    The exchange ends in ``.tolist()``, a host sync (the sizes shape the collectives); a caller
-    who knows the sizes (``[B] * world`` with a ``drop_last`` sampler) passes them and skips it.
-    """
-    if batch_sizes is not None:
-        sizes = tuple(check_int(s, "batch_sizes[i]", minimum=1) for s in batch_sizes)
-        if len(sizes) != world:
-            raise ValueError(
-                f"batch_sizes must have one entry per rank ({world}), got {len(sizes)}"
-            )
-        if sizes[rank] != local:
-            raise ValueError(
-                f"batch_sizes[{rank}] must be this rank's batch size {local}, got {sizes[rank]}"
-            )
-        return sizes
-    sizes_t = torch.zeros(world, dtype=torch.long, device=device)
-    sizes_t[rank] = local
-    dist.all_reduce(sizes_t, op=dist.ReduceOp.SUM, group=group)
-    return tuple(int(v) for v in sizes_t.tolist())
+    rows = F.cross_entropy(logits, labels, reduction="none")
+    if not with_columns:
+        return rows, rows.new_zeros(0)
+    return rows, F.cross_entropy(logits.T, labels, reduction="none")
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,8 +551,9 @@ def clip_loss(
     logit_scale: float | Tensor,
     chunk_size: int | None = None,
     *,
-    gather: bool = True,
+    group: ProcessGroup | None = None,
     batch_sizes: Sequence[int] | None = None,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""The symmetric InfoNCE loss of CLIP (Radford et al., 2021) over a batch of pairs.
 
@@ -585,11 +562,13 @@ def clip_loss(
 
     .. math::
 
-        \mathcal L = \frac{1}{2B} \sum_{i=1}^{B}
-        \Bigl(\operatorname{lse}_j L_{ij} - L_{ii}\Bigr)
-        + \frac{1}{2B} \sum_{j=1}^{B} \Bigl(\operatorname{lse}_i L_{ij} - L_{jj}\Bigr),
+        \ell_i = \tfrac12\Bigl(\operatorname{lse}_j L_{ij} - L_{ii}\Bigr)
+        + \tfrac12\Bigl(\operatorname{lse}_j L_{ji} - L_{ii}\Bigr), \qquad
+        \mathcal L = \frac1B \sum_{i=1}^{B} \ell_i,
 
-    the mean of the image-to-text and the text-to-image cross-entropies.
+    the mean of the image-to-text and the text-to-image cross-entropies (``reduction="none"``
+    returns the ``(B,)`` vector :math:`\ell`, ``"sum"`` its sum). Sums and means are formed in
+    float32 or wider: a float16 batch whose summed loss passes 65,504 still has its (small) mean.
 
     **The scale, not its log.** ``logit_scale`` is :math:`s = 1/\tau` itself. CLIP and
     open_clip learn :math:`t = \log s` (open_clip's ``model.logit_scale`` *is* that log): pass
@@ -610,22 +589,22 @@ def clip_loss(
     double backward (``create_graph=True``, a gradient penalty) raises a ``RuntimeError``;
     use ``chunk_size=None`` for that.
 
-    **Across processes.** When :mod:`torch.distributed` is initialised (and ``gather`` is
-    True), each rank passes its own pairs; the features of all ranks are gathered (with
-    gradient) and the rank computes its rows and its columns of the global matrix against all
-    ``B`` global pairs. It returns ``N * (its share of the global loss)``, where ``N`` is the
-    world size: the ranks' returned values average to the single-process loss on all ``B``
-    pairs, and after the gradient averaging of
-    :class:`~torch.nn.parallel.DistributedDataParallel` every parameter has the
+    **Across processes.** Only with ``group`` (a ``torch.distributed`` process group; nothing
+    is gathered because a default group exists). Each rank passes its own pairs; the features
+    of all ranks are gathered (with gradient) and the rank computes its rows and its columns of
+    the global matrix against all ``B`` global pairs. The convention is the package's one for
+    every distributed loss (:mod:`companion._distributed`): every rank returns the loss of the
+    whole global batch (for ``"none"``, the ``(B_global,)`` vector in rank order), and after the
+    gradient averaging of :class:`~torch.nn.parallel.DistributedDataParallel` every parameter
+    (the encoders' and a ``logit_scale`` parameter inside the DDP-wrapped module) has the
     single-process gradient. This holds for unequal local batch sizes too; learning them costs
-    one small ``all_reduce`` and a host sync per call, which ``batch_sizes`` (every rank's
-    local batch size, e.g. ``[B_local] * world_size``) skips. Keep the ``logit_scale``
-    parameter inside the DDP-wrapped module (or average its gradient yourself), and make every
-    rank call this function and its backward pass.
+    one small all-reduce and a host sync per call, which ``batch_sizes`` (every rank's local
+    batch size, e.g. ``[B_local] * world_size``) skips. Every rank must call this function and
+    its backward pass.
 
     **Production.** With value checks off (:func:`companion.set_value_checks`), a forward and
-    backward pass makes no host sync (with ``batch_sizes`` given under torch.distributed) and
-    the function compiles with ``torch.compile(fullgraph=True)``.
+    backward pass makes no host sync (with ``batch_sizes`` given under a ``group``) and the
+    function compiles with ``torch.compile(fullgraph=True)``.
 
     Args:
         image_features: this process's image embeddings.
@@ -634,14 +613,16 @@ def clip_loss(
             log-parameter, which CLIP clamps at 100): a float or a scalar tensor, which then
             receives a gradient.
         chunk_size: rows per tile for the memory-lean path; ``None`` builds the full matrix.
-        gather: under an initialised process group, gather all ranks' features (the default).
-            Set it to False to compute the loss of this rank's batch alone.
-        batch_sizes: under torch.distributed, every rank's local batch size, if known; then
-            no sizes are exchanged.
+        group: a ``torch.distributed`` process group to gather the pairs of, or ``None`` for
+            the loss of the given batch alone.
+        batch_sizes: with ``group``, every rank's local batch size, if known; then no sizes
+            are exchanged.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Shape:
         - image_features, text_features: ``(B, D)``; logit_scale: a number or ``()``.
-        - output: scalar, in the features' dtype.
+        - output: scalar, or ``(B,)`` (``B`` the global batch) for ``reduction="none"``, in the
+          features' dtype.
 
     Examples:
         >>> import torch
@@ -658,22 +639,32 @@ def clip_loss(
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
     scale = scalar_argument(logit_scale, "logit_scale", image_features, positive=True)
-    if chunk_size is not None:
-        check_int(chunk_size, "chunk_size", minimum=1)
-    rank, world = _process_group_size(gather)
-    if world == 1:
-        total = _cross_entropy_sum(image_features, text_features, scale, 0, True, chunk_size)
-        return total / (2 * image_features.shape[0])
+    chunk = check_chunk_size(chunk_size)
+    check_reduction(reduction)
+    dtype = image_features.dtype
+    if group is None:
+        if batch_sizes is not None:
+            raise ValueError("batch_sizes is only used with group (a distributed call)")
+        rows, columns = _pair_cross_entropies(image_features, text_features, scale, 0, True, chunk)
+        return reduce_loss((rows + columns) / 2, reduction).to(dtype)
+    rank, _ = resolve_group(group)
     local = image_features.shape[0]
-    sizes = _local_batch_sizes(local, rank, world, image_features.device, batch_sizes)
+    sizes = local_batch_sizes(local, group, batch_sizes, image_features.device)
     pairs = torch.cat([image_features, text_features], dim=1)  # one collective for both
-    both: Tensor = _GatherWithGradient.apply(pairs, sizes, rank)  # type: ignore[no-untyped-call]
-    dim = image_features.shape[1]
+    both = gather_rows(pairs, sizes, group)
+    dim, offset = image_features.shape[1], sum(sizes[:rank])
     all_images, all_texts = both[:, :dim], both[:, dim:]
-    offset, global_batch = sum(sizes[:rank]), sum(sizes)
-    rows = _cross_entropy_sum(image_features, all_texts, scale, offset, False, chunk_size)
-    columns = _cross_entropy_sum(text_features, all_images, scale, offset, False, chunk_size)
-    return (rows + columns) * (world / (2 * global_batch))
+    # this rank's own pairs, read back from the gathered tensor: every path to the local
+    # features then goes through the gather, whose backward applies the DDP convention
+    mine = slice(offset, offset + local)
+    scale = replicated(scale, group)
+    rows, _ = _pair_cross_entropies(all_images[mine], all_texts, scale, offset, False, chunk)
+    columns, _ = _pair_cross_entropies(all_texts[mine], all_images, scale, offset, False, chunk)
+    per_pair = (rows + columns) / 2
+    if reduction == "none":
+        return all_gather_rows(per_pair, sizes, group).to(dtype)
+    total = sum_over_ranks(per_pair.sum(), group)
+    return (total / sum(sizes) if reduction == "mean" else total).to(dtype)
 
 
 def soft_target_clip_loss(
@@ -681,6 +672,7 @@ def soft_target_clip_loss(
     text_features: Tensor,
     logit_scale: float | Tensor,
     target_scale: float | None = None,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""A CLIP loss whose targets come from the within-modality similarities.
 
@@ -697,7 +689,10 @@ def soft_target_clip_loss(
         + \operatorname{CE}(s T I^\top, Q)\bigr],
 
     with :math:`\operatorname{CE}(L, Q) = -\frac1B \sum_i \sum_j Q_{ij} \log
-    \operatorname{softmax}(L_i)_j`. The matrix inside the softmax is symmetric, so the same
+    \operatorname{softmax}(L_i)_j`: with ``reduction="none"``, pair :math:`i`'s loss is the
+    average of its two directions, :math:`-\frac12 \sum_j Q_{ij} [\log
+    \operatorname{softmax}(L_i)_j + \log \operatorname{softmax}(L^\top_i)_j]`, and
+    :math:`\mathcal L` is their mean. The matrix inside the softmax is symmetric, so the same
     row-normalised ``Q`` serves both directions. ``Q`` is treated as a constant (no gradient
     flows through the targets), as labels are. With distinct unit-norm features and
     :math:`t \to \infty`, ``Q`` tends to the identity and the loss to :func:`clip_loss`.
@@ -712,10 +707,11 @@ def soft_target_clip_loss(
         target_scale: :math:`t > 0`, the inverse temperature of the targets; by default the
             same value as ``logit_scale``. (Both *multiply* similarities: an inverse
             temperature, not a temperature.)
+        reduction: ``"none"`` (one loss per pair), ``"mean"`` or ``"sum"``.
 
     Shape:
         - image_features, text_features: ``(B, D)``.
-        - output: scalar.
+        - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Examples:
         >>> import torch
@@ -727,6 +723,7 @@ def soft_target_clip_loss(
     """
     _check_pair(image_features, "image_features", text_features, "text_features")
     scale = scalar_argument(logit_scale, "logit_scale", image_features, positive=True)
+    check_reduction(reduction)
     if target_scale is None:
         t: Tensor | float = scale.detach()
     else:
@@ -737,7 +734,7 @@ def soft_target_clip_loss(
     logits = scale.to(image_features.dtype) * (image_features @ text_features.T)
     image_to_text = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
     text_to_image = -(targets * torch.log_softmax(logits.T, dim=1)).sum(dim=1)
-    return (image_to_text.mean() + text_to_image.mean()) / 2
+    return reduce_loss((image_to_text + text_to_image) / 2, reduction)
 
 
 class ClipLoss(nn.Module):
@@ -763,6 +760,9 @@ class ClipLoss(nn.Module):
         chunk_size: passed to :func:`clip_loss` (``None``: full matrix).
         learn_temperature: if False the temperature is a fixed buffer-like parameter
             (``requires_grad=False``).
+        group: passed to :func:`clip_loss` (``None``: this process's batch alone).
+        batch_sizes: passed to :func:`clip_loss` when every step has the same local sizes.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Shape:
         - forward's image_features, text_features: ``(B, D)``.
@@ -790,14 +790,21 @@ class ClipLoss(nn.Module):
         max_scale: float = 100.0,
         chunk_size: int | None = None,
         learn_temperature: bool = True,
+        *,
+        group: ProcessGroup | None = None,
+        batch_sizes: Sequence[int] | None = None,
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
         check_positive(temperature, "temperature")
         check_positive(max_scale, "max_scale")
-        if chunk_size is not None:
-            check_int(chunk_size, "chunk_size", minimum=1)
         self.max_scale = float(max_scale)
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size)
+        check_bool(learn_temperature, "learn_temperature")
+        self.reduction = check_reduction(reduction)
+        self.group = group
+        resolve_group(group)
+        self.batch_sizes = None if batch_sizes is None else tuple(batch_sizes)
         self.log_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature
         )
@@ -817,21 +824,24 @@ class ClipLoss(nn.Module):
         """The CLIP loss of a batch of ``(B, D)`` feature pairs at the learned temperature.
 
         Calls :func:`clip_loss` with ``logit_scale`` = :attr:`logit_scale` (so its gradient
-        reaches :attr:`log_scale`) and this module's ``chunk_size``. Under torch.distributed,
-        ``batch_sizes`` (every rank's local batch size) skips the size exchange; see
-        :func:`clip_loss` for what each rank returns.
+        reaches :attr:`log_scale`) and this module's ``chunk_size``, ``group`` and
+        ``reduction``. With a ``group``, ``batch_sizes`` (every rank's local batch size; this
+        call's value, else the module's) skips the size exchange; see :func:`clip_loss` for
+        what each rank returns.
         """
         return clip_loss(
             image_features,
             text_features,
             self.logit_scale,
             chunk_size=self.chunk_size,
-            batch_sizes=batch_sizes,
+            group=self.group,
+            batch_sizes=self.batch_sizes if batch_sizes is None else batch_sizes,
+            reduction=self.reduction,
         )
 
     def extra_repr(self) -> str:
         temperature = 1.0 / float(self.logit_scale.detach())
         return (
             f"temperature={temperature:.4g}, max_scale={self.max_scale:g}, "
-            f"chunk_size={self.chunk_size}"
+            f"chunk_size={self.chunk_size}, reduction={self.reduction!r}"
         )

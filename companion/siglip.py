@@ -39,15 +39,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion._distributed import (
+    ProcessGroup,
+    all_gather_rows,
+    gather_rows,
+    local_batch_sizes,
+    replicated,
+    resolve_group,
+    sum_over_ranks,
+)
 from companion._numerics import compute_dtype, refuse_double_backward
 from companion._validate import (
-    check_int,
+    Reduction,
+    check_choice,
+    check_chunk_size,
     check_real,
+    check_reduction,
     scalar_argument,
 )
 from companion.contrastive import (
     _check_pair,
-    _local_batch_sizes,
     _row_tiles,
     _tile_logits,
 )
@@ -68,6 +79,7 @@ def _sigmoid_sweep(
     offset: int | None,
     chunk: int,
     grads: bool,
+    row_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     r"""Sum of :math:`-\log\sigma(z_{ij} L_{ij})` over the tiles, and optionally its gradients.
 
@@ -77,8 +89,10 @@ def _sigmoid_sweep(
     \sum_i L_{i,o+i}` and its gradient with respect to :math:`L` is
     :math:`G = \sigma(L) - \mathbb 1[j = o + i]`, so :math:`dQ = s\,GK`, :math:`dK = s\,G^\top
     Q`, :math:`ds = \sum_i q_i \cdot (GK)_i` and :math:`db = \sum_{ij} G_{ij}`. Returns
-    ``(total, dQ, dK, ds, db)`` (the gradients are None without ``grads``), in the accumulation
-    dtype (float32 for half inputs) except ``dQ``.
+    ``(totals, dQ, dK, ds, db)``: ``totals`` the ``(m,)`` row sums, the gradients those of
+    :math:`\sum_i w_i \cdot \text{row}_i` with ``row_weights`` :math:`w` (all ones if None),
+    None without ``grads``; all in the accumulation dtype (float32 for half inputs) except
+    ``dQ``.
 
     The bias rides inside the products: with :math:`\tilde Q = [sQ \mid b]` and
     :math:`\tilde K = [K \mid 1]`, the tile :math:`\tilde Q \tilde K^\top` is ``L`` (no
@@ -99,14 +113,15 @@ def _sigmoid_sweep(
     logits_buf = torch.empty((tile, n), dtype=acc, device=device)
     work_buf = torch.empty_like(logits_buf)
     zero = torch.zeros((), dtype=acc, device=device)
-    total = torch.zeros((), dtype=acc, device=device)
+    total = torch.empty(m, dtype=acc, device=device)
     if not grads:
         for start, stop in _row_tiles(m, chunk):
             logits = _tile_logits(scaled_aug[start:stop], keys_aug_t, logits_buf)
-            total = total + torch.logaddexp(logits, zero, out=work_buf[: stop - start]).sum()
+            work = work_buf[: stop - start]
+            torch.sum(torch.logaddexp(logits, zero, out=work), 1, out=total[start:stop])
             if offset is not None:
                 rows = torch.arange(stop - start, device=device)
-                total = total - logits[rows, rows + (offset + start)].sum()
+                total[start:stop] -= logits[rows, rows + (offset + start)]
         return total, None, None, None, None
     d_q = torch.empty_like(queries)
     d_k = torch.zeros(keys.shape, dtype=acc, device=device)
@@ -116,13 +131,15 @@ def _sigmoid_sweep(
     for start, stop in _row_tiles(m, chunk):
         logits = _tile_logits(scaled_aug[start:stop], keys_aug_t, logits_buf)
         work = work_buf[: stop - start]
-        total = total + torch.logaddexp(logits, zero, out=work).sum()
+        torch.sum(torch.logaddexp(logits, zero, out=work), 1, out=total[start:stop])
         grad = torch.sigmoid(logits, out=work)
         if offset is not None:
             rows = torch.arange(stop - start, device=device)
             diagonal = rows + (offset + start)
-            total = total - logits[rows, diagonal].sum()
+            total[start:stop] -= logits[rows, diagonal]
             grad[rows, diagonal] -= 1.0
+        if row_weights is not None:
+            grad.mul_(row_weights[start:stop, None])
         grad_mm = grad if grad.dtype == dtype else grad.to(dtype)
         # [G K | G 1]: the gradient product and the row sums of G at once
         grad_keys_aug = torch.mm(grad_mm, keys_aug, out=grad_keys_buf[: stop - start])
@@ -138,11 +155,14 @@ def _sigmoid_sweep(
 
 
 class _TiledSigmoid(torch.autograd.Function):
-    """:func:`_sigmoid_sweep` as an autograd function: the gradients come out of the forward.
+    """:func:`_sigmoid_sweep` as an autograd function, as a sum or per row.
 
-    The forward sweep computes the gradients with respect to its inputs along with the value
-    (when some input needs one) and saves them (``B x D`` each); the backward pass multiplies
-    them by the incoming gradient. Nothing of the ``B x B`` matrix is kept or rebuilt.
+    For a sum (``per_row=False``) the gradients come out of the forward sweep: it computes
+    them along with the value (when some input needs one) and saves them (``B x D`` each); the
+    backward pass multiplies them by the incoming gradient, and nothing of the ``B x B`` matrix is
+    kept or rebuilt (three products in all). Per row (``reduction="none"``) the incoming
+    gradient differs from row to row, so the forward pass saves only the inputs and the backward
+    pass sweeps the tiles again with those row weights (five products).
     """
 
     @staticmethod
@@ -152,27 +172,54 @@ class _TiledSigmoid(torch.autograd.Function):
         keys: Tensor,
         scale: Tensor,
         bias: Tensor,
+        offset: int,
         chunk: int,
         grads: bool,
+        per_row: bool,
     ) -> Tensor:
-        total, d_q, d_k, d_s, d_b = _sigmoid_sweep(queries, keys, scale, bias, 0, chunk, grads)
+        ctx.offset, ctx.chunk, ctx.per_row = offset, chunk, per_row
+        if per_row:
+            totals, *_ = _sigmoid_sweep(queries, keys, scale, bias, offset, chunk, False)
+            ctx.save_for_backward(queries, keys, scale, bias)
+            return totals
+        totals, d_q, d_k, d_s, d_b = _sigmoid_sweep(
+            queries, keys, scale, bias, offset, chunk, grads
+        )
         if grads:
             ctx.save_for_backward(d_q, d_k, d_s, d_b)
-        return total.to(queries.dtype)
+        return totals.sum()
 
     @staticmethod
     def backward(
         ctx: Any, grad_total: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
         refuse_double_backward("siglip_loss")
-        d_q, d_k, d_s, d_b = ctx.saved_tensors
         need_q, need_k, need_s, need_b = ctx.needs_input_grad[:4]
+        if ctx.per_row:
+            queries, keys, scale, bias = ctx.saved_tensors
+            _, d_q, d_k, d_s, d_b = _sigmoid_sweep(
+                queries, keys, scale, bias, ctx.offset, ctx.chunk, True, row_weights=grad_total
+            )
+            assert d_q is not None and d_k is not None and d_s is not None and d_b is not None
+            return (
+                d_q if need_q else None,
+                d_k.to(keys.dtype) if need_k else None,
+                d_s.to(scale.dtype) if need_s else None,
+                d_b.to(bias.dtype) if need_b else None,
+                None,
+                None,
+                None,
+                None,
+            )
+        d_q, d_k, d_s, d_b = ctx.saved_tensors
         g = grad_total
         return (
             d_q * g.to(d_q.dtype) if need_q else None,
             (d_k * g.to(d_k.dtype)).to(d_q.dtype) if need_k else None,
             (d_s * g.to(d_s.dtype)) if need_s else None,
             (d_b * g.to(d_b.dtype)) if need_b else None,
+            None,
+            None,
             None,
             None,
         )
@@ -232,7 +279,7 @@ class _SigmoidRing(torch.autograd.Function):
             total = total + part
         ctx.save_for_backward(images, texts, scale, bias)
         ctx.chunk, ctx.sizes, ctx.rank, ctx.peers, ctx.group = chunk, sizes, rank, peers, group
-        return total.to(images.dtype)
+        return total  # (m,): each local image's sum over every rank's texts
 
     @staticmethod
     def backward(
@@ -248,26 +295,28 @@ class _SigmoidRing(torch.autograd.Function):
             ctx.group,
         )
         world, dim = len(sizes), texts.shape[1]
-        g = grad_total.to(compute_dtype(images.dtype))
+        g = grad_total.to(compute_dtype(images.dtype))  # (m,): one weight per local image
         _, d_images, d_block, d_scale, d_bias = _sigmoid_sweep(
-            images, texts, scale, bias, 0, chunk, True
+            images, texts, scale, bias, 0, chunk, True, row_weights=g
         )
         assert d_images is not None and d_block is not None
         assert d_scale is not None and d_bias is not None
         d_images = d_images.to(g.dtype)
         # the block and its gradient travel together: one message of width 2D per step
-        carried = torch.cat([texts.to(g.dtype), d_block * g], dim=1)
+        carried = torch.cat([texts.to(g.dtype), d_block], dim=1)
         for step in range(1, world):
             incoming = carried.new_empty((sizes[(rank - step) % world], 2 * dim))
             _exchange(carried, incoming, right, left, group)
             carried = incoming
             block = carried[:, :dim].to(texts.dtype)
-            _, d_q, d_k, d_s, d_b = _sigmoid_sweep(images, block, scale, bias, None, chunk, True)
+            _, d_q, d_k, d_s, d_b = _sigmoid_sweep(
+                images, block, scale, bias, None, chunk, True, row_weights=g
+            )
             assert d_q is not None and d_k is not None and d_s is not None and d_b is not None
             d_images += d_q.to(g.dtype)
             d_scale += d_s
             d_bias += d_b
-            carried[:, dim:] += d_k * g
+            carried[:, dim:] += d_k
         # the block held now belongs to the rank on the right: send its gradient home
         home = carried.new_empty((texts.shape[0], dim))
         if world > 1:
@@ -275,10 +324,10 @@ class _SigmoidRing(torch.autograd.Function):
         else:
             home = carried[:, dim:]
         return (
-            (d_images * g).to(images.dtype),
+            d_images.to(images.dtype),
             home.to(texts.dtype),
-            (d_scale * g).to(scale.dtype),
-            (d_bias * g).to(bias.dtype),
+            d_scale.to(scale.dtype),
+            d_bias.to(bias.dtype),
             None,
             None,
             None,
@@ -287,7 +336,7 @@ class _SigmoidRing(torch.autograd.Function):
         )
 
 
-def _ring_of(group: Any) -> tuple[int, int, tuple[int, int]]:
+def _ring_of(group: ProcessGroup) -> tuple[int, int, tuple[int, int]]:
     """``(rank, world_size, (right, left))`` in ``group``, the neighbours as global ranks."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     right, left = (rank + 1) % world, (rank - 1) % world
@@ -308,9 +357,10 @@ def siglip_loss(
     logit_bias: float | Tensor,
     chunk_size: int | None = None,
     *,
-    group: Any = None,
-    ring: bool = True,
+    group: ProcessGroup | None = None,
+    exchange: str = "ring",
     batch_sizes: Sequence[int] | None = None,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""The SigLIP loss: a binary cross-entropy for every image-text pair of the batch.
 
@@ -322,6 +372,9 @@ def siglip_loss(
 
     (Zhai et al., 2023; open_clip's ``SigLipLoss`` computes the same value). Its gradient with
     respect to the logit :math:`L_{ij}` is :math:`(\sigma(L_{ij}) - \mathbb 1[i = j]) / B`.
+    ``reduction="none"`` returns each image's sum over the texts (``(B,)``), ``"sum"`` their sum
+    and ``"mean"`` (the default) their mean, the value above; sums are formed in float32 or
+    wider, so a float16 batch whose summed loss passes 65,504 still has its mean.
 
     **The scale, not its log.** ``logit_scale`` is :math:`t` itself; SigLIP learns
     :math:`t' = \log t` (open_clip's ``model.logit_scale`` is that log): pass
@@ -332,24 +385,30 @@ def siglip_loss(
     **Memory.** ``chunk_size=None`` builds the ``B x B`` logits at once (autograd keeps a few
     such matrices). With an integer ``chunk_size`` at most two ``chunk_size x B`` tiles exist;
     the forward sweep computes the gradients too (each entry's gradient needs nothing but the
-    entry), saves them (``B x D``) and the backward pass only scales them. The tiled backward
-    pass is not differentiable again (``create_graph=True`` raises a ``RuntimeError``).
+    entry), saves them (``B x D``) and the backward pass only scales them (with
+    ``reduction="none"`` the rows' gradients differ, and the backward pass sweeps the tiles
+    again). The tiled backward pass is not differentiable again (``create_graph=True`` raises a
+    ``RuntimeError``).
 
-    **Across processes.** When :mod:`torch.distributed` is initialised (and ``ring`` is
-    True), each rank passes its own pairs; its images meet every rank's texts, which travel
-    around the ring of ranks of ``group`` (the default group if None) by ``isend``/``irecv``:
-    no all-gather, and no rank holds more than its own and one neighbour's features. The
-    backward pass sends each text block around again and its gradient home. Like
-    :func:`~companion.contrastive.clip_loss`, each rank returns ``N * (its share of the global
-    loss)`` (``N`` ranks), so the returned values average to the single-process loss of all
-    ``B`` pairs, and after DDP's gradient averaging every parameter has the single-process
-    gradient, for unequal local batches too. The local sizes cost one small ``all_reduce``
-    (and a host sync) per call, which ``batch_sizes`` (every rank's local batch size, if
-    known) skips. Every rank must call the function and its backward pass.
+    **Across processes.** Only with ``group`` (a ``torch.distributed`` process group; nothing
+    is distributed because a default group exists). Each rank passes its own pairs and its
+    images meet every rank's texts, in one of two ways: ``exchange="ring"`` (the default) passes
+    the text blocks around the ring of ranks by ``isend``/``irecv``, so that no rank holds more
+    than its own and one neighbour's features (the backward pass sends each block around again
+    and its gradient home); ``exchange="gather"`` all-gathers the features, as CLIP does, and
+    compiles with ``torch.compile(fullgraph=True)``, which point-to-point operations do not (the
+    ring raises a clear error under compilation). The convention is the package's one for every
+    distributed loss (:mod:`companion._distributed`): every rank returns the loss of the whole
+    global batch (for ``"none"`` the ``(B_global,)`` vector in rank order), and after DDP's
+    gradient averaging every parameter (encoders, and the scale and bias inside the DDP-wrapped
+    module) has the single-process gradient, for unequal local batches too. The local sizes cost
+    one small all-reduce and a host sync per call, which ``batch_sizes`` (every rank's local
+    batch size, if known) skips. Every rank must call the function and its backward pass.
 
     **Production.** With value checks off (:func:`companion.set_value_checks`), a forward and
-    backward pass makes no host sync in one process, and the function compiles with
-    ``torch.compile(fullgraph=True)``.
+    backward pass makes no host sync (with ``batch_sizes`` given under a ``group``), and the
+    function compiles with ``torch.compile(fullgraph=True)`` (in one process, or with
+    ``exchange="gather"``).
 
     Args:
         image_features: this process's image embeddings.
@@ -357,14 +416,18 @@ def siglip_loss(
         logit_scale: :math:`t > 0`, a float or a scalar tensor (which receives a gradient).
         logit_bias: :math:`b`, a float or a scalar tensor (which receives a gradient).
         chunk_size: rows per tile; ``None`` builds the full matrix.
-        group: the process group of the ring; None: the default group, when initialised.
-        ring: set it to False to compute the loss of this rank's batch alone.
-        batch_sizes: under torch.distributed, every rank's local batch size, if known.
+        group: a ``torch.distributed`` process group, or ``None`` for the loss of the given
+            batch alone.
+        exchange: with ``group``, ``"ring"`` (point-to-point, least memory) or ``"gather"``
+            (an all-gather; compiles).
+        batch_sizes: with ``group``, every rank's local batch size, if known.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Shape:
         - image_features, text_features: ``(B, D)``; logit_scale, logit_bias: numbers or
           ``()``.
-        - output: scalar, in the features' dtype.
+        - output: scalar, or ``(B,)`` (the global batch) for ``reduction="none"``, in the
+          features' dtype.
 
     Examples:
         >>> import math
@@ -386,33 +449,69 @@ def siglip_loss(
     _check_pair(image_features, "image_features", text_features, "text_features")
     scale = scalar_argument(logit_scale, "logit_scale", image_features, positive=True)
     bias = scalar_argument(logit_bias, "logit_bias", image_features, positive=False)
-    if chunk_size is not None:
-        check_int(chunk_size, "chunk_size", minimum=1)
-    distributed = ring and dist.is_available() and dist.is_initialized()
-    local = image_features.shape[0]
-    if distributed:
-        rank, world, peers = _ring_of(group)
-        if world > 1:
-            sizes = _local_batch_sizes(
-                local, rank, world, image_features.device, batch_sizes, group
+    chunk = check_chunk_size(chunk_size)
+    exchange = check_choice(exchange, "exchange", ("ring", "gather"))
+    check_reduction(reduction)
+    dtype, local = image_features.dtype, image_features.shape[0]
+    per_row = reduction == "none"
+    if group is None:
+        if batch_sizes is not None:
+            raise ValueError("batch_sizes is only used with group (a distributed call)")
+        rows = _sigmoid_rows(image_features, text_features, scale, bias, 0, chunk, per_row)
+        return (rows / local if reduction == "mean" else rows).to(dtype)
+    rank, _ = resolve_group(group)
+    sizes = local_batch_sizes(local, group, batch_sizes, image_features.device)
+    offset = sum(sizes[:rank])
+    scale, bias = replicated(scale, group), replicated(bias, group)
+    if exchange == "ring":
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "siglip_loss with exchange='ring' does not compile: torch.compile cannot trace "
+                "its point-to-point isend/irecv; use exchange='gather' under torch.compile"
             )
-            chunk = chunk_size if chunk_size is not None else max(sizes)
-            total: Tensor = _SigmoidRing.apply(  # type: ignore[no-untyped-call]
-                image_features, text_features, scale, bias, chunk, sizes, rank, peers, group
-            )
-            return total * (world / sum(sizes))
-    if chunk_size is None:
-        logits = scale.to(image_features.dtype) * (image_features @ text_features.T)
-        logits = logits + bias.to(image_features.dtype)
-        signs = 2 * torch.eye(local, dtype=logits.dtype, device=logits.device) - 1
-        return -F.logsigmoid(signs * logits).sum() / local
-    grads = torch.is_grad_enabled() and any(
-        x.requires_grad for x in (image_features, text_features, scale, bias)
-    )
-    total = _TiledSigmoid.apply(  # type: ignore[no-untyped-call]
-        image_features, text_features, scale, bias, chunk_size, grads
-    )
-    return total / local
+        _, _, peers = _ring_of(group)
+        # the ring returns this rank's rows; its features' gradient follows the convention
+        images, texts = replicated(image_features, group), replicated(text_features, group)
+        rows = _SigmoidRing.apply(  # type: ignore[no-untyped-call]
+            images, texts, scale, bias, chunk or max(sizes), sizes, rank, peers, group
+        )
+    else:
+        both = gather_rows(torch.cat([image_features, text_features], dim=1), sizes, group)
+        dim = image_features.shape[1]
+        mine = both[offset : offset + local, :dim]  # every path to the features via the gather
+        rows = _sigmoid_rows(mine, both[:, dim:], scale, bias, offset, chunk, True)
+    if per_row:
+        return all_gather_rows(rows, sizes, group).to(dtype)
+    total = sum_over_ranks(rows.sum(), group)
+    return (total / sum(sizes) if reduction == "mean" else total).to(dtype)
+
+
+def _sigmoid_rows(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    offset: int,
+    chunk: int | None,
+    per_row: bool,
+) -> Tensor:
+    r"""Each query's summed :math:`-\log\sigma(z_{ij} L_{ij})` (``per_row``) or their total, in
+    at least float32; the positives at ``(i, offset + i)``; tiled when ``chunk`` is set."""
+    if chunk is not None:
+        grads = torch.is_grad_enabled() and any(
+            x.requires_grad for x in (queries, keys, scale, bias)
+        )
+        out: Tensor = _TiledSigmoid.apply(  # type: ignore[no-untyped-call]
+            queries, keys, scale, bias, offset, chunk, grads, per_row
+        )
+        return out
+    acc = compute_dtype(queries.dtype)
+    logits = (scale.to(queries.dtype) * (queries @ keys.T) + bias.to(queries.dtype)).to(acc)
+    rows = torch.arange(queries.shape[0], device=logits.device)
+    signs = -torch.ones_like(logits)
+    signs[rows, rows + offset] = 1.0
+    totals = -F.logsigmoid(signs * logits).sum(dim=1)
+    return totals if per_row else totals.sum()
 
 
 class SigLipLoss(nn.Module):
@@ -435,6 +534,7 @@ class SigLipLoss(nn.Module):
         init_bias: :math:`b_0` (the paper: -10).
         chunk_size: passed to :func:`siglip_loss` (``None``: full matrix).
         device, dtype: of the two parameters.
+        group, exchange, batch_sizes, reduction: passed to :func:`siglip_loss`.
 
     Shape:
         - forward's image_features, text_features: ``(B, D)``.
@@ -463,13 +563,21 @@ class SigLipLoss(nn.Module):
         chunk_size: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        group: ProcessGroup | None = None,
+        exchange: str = "ring",
+        batch_sizes: Sequence[int] | None = None,
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
         check_real(init_log_scale, "init_log_scale")
         check_real(init_bias, "init_bias")
-        if chunk_size is not None:
-            check_int(chunk_size, "chunk_size", minimum=1)
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.group = group
+        resolve_group(group)
+        self.exchange = check_choice(exchange, "exchange", ("ring", "gather"))
+        self.batch_sizes = None if batch_sizes is None else tuple(batch_sizes)
+        self.reduction = check_reduction(reduction)
         self.log_scale = nn.Parameter(
             torch.tensor(float(init_log_scale), device=device, dtype=dtype)
         )
@@ -490,8 +598,9 @@ class SigLipLoss(nn.Module):
         """The SigLIP loss of a batch of ``(B, D)`` feature pairs at the learned scale and bias.
 
         Calls :func:`siglip_loss` with :attr:`logit_scale` and :attr:`bias` (both receive
-        gradients) and this module's ``chunk_size``; under torch.distributed the ring runs
-        over the default group, and ``batch_sizes`` skips the size exchange.
+        gradients) and this module's ``chunk_size``, ``group``, ``exchange`` and
+        ``reduction``; ``batch_sizes`` (this call's, else the module's) skips the size
+        exchange.
         """
         return siglip_loss(
             image_features,
@@ -499,10 +608,16 @@ class SigLipLoss(nn.Module):
             self.logit_scale,
             self.bias,
             self.chunk_size,
-            batch_sizes=batch_sizes,
+            group=self.group,
+            exchange=self.exchange,
+            batch_sizes=self.batch_sizes if batch_sizes is None else batch_sizes,
+            reduction=self.reduction,
         )
 
     def extra_repr(self) -> str:
         scale = float(self.logit_scale.detach())
         bias = float(self.bias.detach())
-        return f"scale={scale:.4g}, bias={bias:.4g}, chunk_size={self.chunk_size}"
+        return (
+            f"scale={scale:.4g}, bias={bias:.4g}, chunk_size={self.chunk_size}, "
+            f"exchange={self.exchange!r}, reduction={self.reduction!r}"
+        )
