@@ -26,15 +26,14 @@ for real training. With value checks off (:func:`companion.set_value_checks`), o
 backward pass of :func:`clip_loss` and :class:`ClipLoss` makes no host sync and compiles with
 ``torch.compile(fullgraph=True)``.
 
-The row tiling of a ``B x B`` logit matrix (:func:`_row_tiles`, :func:`_tile_logits`) is shared
-with :mod:`companion.siglip`: one tiling, two losses.
+The chunked CLIP loss is a user of the package's one tiled engine (:mod:`companion._tiled`), and
+its distributed form of the one distributed layer (:mod:`companion._distributed`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +48,8 @@ from companion._distributed import (
     resolve_group,
     sum_over_ranks,
 )
-from companion._numerics import compute_dtype, refuse_double_backward
+from companion._numerics import compute_dtype
+from companion._tiled import row_statistics
 from companion._validate import (
     Reduction,
     check_batch_size,
@@ -363,157 +363,8 @@ def supervised_contrastive_loss(
 
 
 # --------------------------------------------------------------------------------------------
-# Row tiles of a B x B logit matrix: shared by the CLIP and the SigLIP losses
+# The chunked CLIP cross-entropies: a user of the tiled engine (companion._tiled)
 # --------------------------------------------------------------------------------------------
-
-
-def _row_tiles(rows: int, chunk: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the row tiles of a matrix with ``rows`` rows, ``chunk`` at a time."""
-    return [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
-
-
-def _tile_logits(
-    scaled_queries: Tensor, keys_t: Tensor, out: Tensor, bias: Tensor | None = None
-) -> Tensor:
-    """``scaled_queries @ keys_t (+ bias)`` written into the first rows of the buffer ``out``."""
-    rows = out[: scaled_queries.shape[0]]
-    if out.dtype == scaled_queries.dtype:
-        if bias is None:
-            return torch.mm(scaled_queries, keys_t, out=rows)
-        return torch.addmm(bias.to(out.dtype), scaled_queries, keys_t, out=rows)
-    rows.copy_(torch.mm(scaled_queries, keys_t))
-    return rows if bias is None else rows.add_(bias.to(out.dtype))
-
-
-def _tile_logsumexp(logits: Tensor, dim: int, work: Tensor) -> Tensor:
-    """logsumexp of a finite tile along ``dim``, using ``work`` (same shape) as scratch space.
-
-    ``torch.logsumexp`` allocates a tile-sized temporary on every call; this reuses ``work``.
-    """
-    top = logits.amax(dim=dim, keepdim=True)
-    torch.sub(logits, top, out=work).exp_()
-    return work.sum(dim=dim).log_().add_(top.squeeze(dim))
-
-
-class _TiledCrossEntropy(torch.autograd.Function):
-    r"""Per-row (and optionally per-column) cross-entropies of ``s Q K^T``, in row tiles.
-
-    Row ``i`` of the logit matrix :math:`L = s\,QK^\top` (``Q`` of shape ``(m, D)``, ``K`` of
-    shape ``(n, D)``) has its positive at column ``o + i`` (``o`` = ``offset``). The outputs are
-
-    .. math::
-
-        \ell^{\text{row}}_i = r_i - L_{i, o+i}, \qquad
-        \ell^{\text{col}}_j = c_j - L_{jj}, \qquad
-        r_i = \operatorname{lse}_j L_{ij}, \quad c_j = \operatorname{lse}_i L_{ij},
-
-    where the columns need a square matrix and ``o = 0`` (an empty vector otherwise), both in at
-    least float32. ``L`` is built ``chunk`` rows at a time. The forward pass gets each tile's
-    row log-sum-exps exactly and merges the column log-sum-exps tile by tile with ``logaddexp``
-    (an online log-sum-exp); the positive logit is read from the same tile, so a loss is never
-    negative from rounding (the target and the log-sum-exp come from the same rounded values).
-    Only these ``m + n`` statistics are saved. The backward pass rebuilds each tile, forms its
-    gradient with the incoming per-row and per-column gradients :math:`g, h`
-
-    .. math::
-
-        G_{ij} = g_i\,e^{L_{ij} - r_i} \;[+\, h_j\,e^{L_{ij} - c_j}]
-        - (g_i\;[+h_i])\,\mathbb 1[j = o + i],
-
-    and accumulates :math:`dQ = s\,GK`, :math:`dK = s\,G^\top Q` and
-    :math:`ds = \sum_{ij} G_{ij} (QK^\top)_{ij} = \sum_i q_i \cdot (GK)_i`. Two reusable
-    ``chunk x n`` buffers hold everything of the matrix that ever exists. Products run in the
-    inputs' dtype; log-sum-exps, the tile gradient and ``dK`` accumulate in float32 or wider.
-
-    That is four ``B x B x D`` products (one forward, three backward) where an implementation
-    that keeps the matrix needs three: the column statistics :math:`c_j` depend on every row,
-    so no row's gradient is known before the whole matrix has been seen once.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        queries: Tensor,
-        keys: Tensor,
-        scale: Tensor,
-        offset: int,
-        with_columns: bool,
-        chunk: int,
-    ) -> tuple[Tensor, Tensor]:
-        acc = compute_dtype(queries.dtype)
-        m, n = queries.shape[0], keys.shape[0]
-        keys_t = keys.T
-        scaled = queries * scale.to(queries.dtype)  # folding s into Q: O(mD), not O(mn)
-        logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
-        row_lse = torch.empty(m, dtype=acc, device=queries.device)
-        positive = torch.empty(m, dtype=acc, device=queries.device)
-        col_lse = torch.full((n if with_columns else 0,), -math.inf, dtype=acc, device=keys.device)
-        work_buf = torch.empty_like(logits_buf)
-        for start, stop in _row_tiles(m, chunk):
-            logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
-            rows = torch.arange(stop - start, device=logits.device)
-            positive[start:stop] = logits[rows, rows + (offset + start)]
-            work = work_buf[: stop - start]
-            row_lse[start:stop] = _tile_logsumexp(logits, 1, work)
-            if with_columns:
-                torch.logaddexp(col_lse, _tile_logsumexp(logits, 0, work), out=col_lse)
-        ctx.save_for_backward(queries, keys, scale, row_lse, col_lse)
-        ctx.offset, ctx.with_columns, ctx.chunk = offset, with_columns, chunk
-        return row_lse - positive, (col_lse - positive if with_columns else col_lse)
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_rows: Tensor, grad_columns: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
-        refuse_double_backward("clip_loss")
-        queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
-        offset, with_columns, chunk = ctx.offset, ctx.with_columns, ctx.chunk
-        need_q, need_k, need_s = ctx.needs_input_grad[:3]
-        dtype, acc = queries.dtype, compute_dtype(queries.dtype)
-        s = scale.to(dtype)
-        g = grad_rows.to(acc)
-        h = grad_columns.to(acc) if with_columns else None
-        m, n = queries.shape[0], keys.shape[0]
-        keys_t = keys.T
-        scaled = queries * s
-        logits_buf = torch.empty((min(chunk, m), n), dtype=acc, device=queries.device)
-        grad_buf = torch.empty_like(logits_buf)
-        d_queries = torch.empty_like(queries) if need_q else None
-        d_keys = torch.zeros(keys.shape, dtype=acc, device=keys.device) if need_k else None
-        d_scale = torch.zeros((), dtype=acc, device=queries.device)
-        grad_keys_buf = torch.empty((min(chunk, m), keys.shape[1]), dtype=dtype, device=keys.device)
-        # the positive's coefficient in each row: -(g_i [+ h_i])
-        diagonal = -(g + h) if h is not None else -g
-        for start, stop in _row_tiles(m, chunk):
-            logits = _tile_logits(scaled[start:stop], keys_t, logits_buf)
-            grad = grad_buf[: stop - start]
-            torch.sub(logits, row_lse[start:stop, None], out=grad).exp_().mul_(g[start:stop, None])
-            if h is not None:
-                grad += logits.sub_(col_lse).exp_().mul_(h)
-            rows = torch.arange(stop - start, device=grad.device)
-            grad[rows, rows + (offset + start)] += diagonal[start:stop]
-            # grad is d loss / d logits for this tile
-            grad_mm = grad if grad.dtype == dtype else grad.to(dtype)
-            grad_keys = torch.mm(grad_mm, keys, out=grad_keys_buf[: stop - start])  # G K
-            if d_queries is not None:
-                torch.mul(grad_keys, s, out=d_queries[start:stop])
-            if need_s:
-                d_scale += torch.vdot(
-                    queries[start:stop].flatten().to(acc), grad_keys.flatten().to(acc)
-                )
-            if d_keys is not None:
-                if d_keys.dtype == dtype:
-                    d_keys.addmm_(grad_mm.T, scaled[start:stop])
-                else:
-                    d_keys += torch.mm(grad_mm.T, scaled[start:stop]).to(acc)
-        return (
-            d_queries,
-            d_keys.to(dtype) if d_keys is not None else None,
-            d_scale.to(scale.dtype) if need_s else None,
-            None,
-            None,
-            None,
-        )
 
 
 def _pair_cross_entropies(
@@ -524,13 +375,30 @@ def _pair_cross_entropies(
     with_columns: bool,
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
-    """``(row losses, column losses)`` of :class:`_TiledCrossEntropy`, tiled or with the full
-    matrix, in at least float32 (so that a float16 sum over a large batch cannot overflow)."""
+    r"""Per-row (and, square, per-column) cross-entropies of :math:`L = s\,QK^\top` whose
+    positives are the entries ``(i, offset + i)``, in at least float32 (so that a float16 sum
+    over a large batch cannot overflow).
+
+    With ``chunk_size`` they come from the package's tiled engine
+    (:func:`companion._tiled.row_statistics`): each row's log-sum-exp of its negatives
+    :math:`r_i`, its positive :math:`t_i` and, square, each column's :math:`\kappa_j`, from one
+    sweep over row tiles, so that a loss is :math:`\operatorname{logaddexp}(r_i, t_i) - t_i`, the
+    positive and the log-sum-exp read from the same rounded tile. Four ``B x B x D`` products
+    where the full matrix needs three: the column statistics depend on every row, so no row's
+    gradient is known before the whole matrix has been seen once (the engine keeps the forward's
+    last tile for the backward pass). Without ``chunk_size`` the full matrix goes through
+    ordinary autograd (which supports double backward)."""
     if chunk_size is not None:
-        rows, columns = _TiledCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            queries, keys, scale, offset, with_columns, chunk_size
+        rows_t = torch.arange(offset, offset + queries.shape[0], device=queries.device)
+        every = torch.ones(queries.shape[0], dtype=torch.bool, device=queries.device)
+        stats = row_statistics(
+            queries, keys, rows_t, every, scale=scale, columns=with_columns, row_chunk=chunk_size
         )
-        return rows, columns
+        t = stats.target
+        row_losses = torch.logaddexp(stats.rest, t) - t
+        if stats.colrest is None:
+            return row_losses, row_losses.new_zeros(0)
+        return row_losses, torch.logaddexp(stats.colrest, t) - t
     acc = compute_dtype(queries.dtype)
     logits = (scale.to(queries.dtype) * (queries @ keys.T)).to(acc)
     labels = torch.arange(offset, offset + queries.shape[0], device=queries.device)

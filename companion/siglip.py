@@ -57,18 +57,33 @@ from companion._validate import (
     check_reduction,
     scalar_argument,
 )
-from companion.contrastive import (
-    _check_pair,
-    _row_tiles,
-    _tile_logits,
-)
+from companion.contrastive import _check_pair
 
 __all__ = ["SigLipLoss", "siglip_loss"]
 
 
 # --------------------------------------------------------------------------------------------
-# One sweep over the row tiles of s Q K^T + b (companion.contrastive's tiling)
+# One sweep over the row tiles of s Q K^T + b: the sigmoid needs no normaliser, so value and
+# gradients come out of one pass (no log-sum-exp to wait for, unlike the tiled engine)
 # --------------------------------------------------------------------------------------------
+
+
+def _row_tiles(rows: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the row tiles of a matrix with ``rows`` rows, ``chunk`` at a time."""
+    return [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
+
+
+def _tile_logits(
+    scaled_queries: Tensor, keys_t: Tensor, out: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """``scaled_queries @ keys_t (+ bias)`` written into the first rows of the buffer ``out``."""
+    rows = out[: scaled_queries.shape[0]]
+    if out.dtype == scaled_queries.dtype:
+        if bias is None:
+            return torch.mm(scaled_queries, keys_t, out=rows)
+        return torch.addmm(bias.to(out.dtype), scaled_queries, keys_t, out=rows)
+    rows.copy_(torch.mm(scaled_queries, keys_t))
+    return rows if bias is None else rows.add_(bias.to(out.dtype))
 
 
 def _sigmoid_sweep(
