@@ -47,7 +47,9 @@ times :math:`1 - (z_{ij}/c)^2` under a soft cap; then :math:`\partial x = s\,G\h
 :math:`\partial b = \sum_i G_{ij}`, :math:`\partial s = \sum_i x_i\cdot(G\hat W)_i`.
 **Products**: one in the forward pass and three in the backward pass (the rebuilt tile, then
 :math:`G\hat W` and :math:`G^\top x`), where a full-matrix reference does three; the forward's
-last tile is kept and reused, so with :math:`n` tiles it is :math:`3 + (n - 1)/n`. The rebuild is
+last tile is kept and reused, so with :math:`n` tiles it is :math:`3 + (n - 1)/n` (the forward pass
+runs over the tiles backwards and ends on the first one, whose shape, ``min(row_chunk, N)`` rows,
+needs no guard on the batch size under compile; the backward pass starts there). The rebuild is
 what an arbitrary upstream gradient needs: the column statistics (CLIP) or the per-row weights of
 the loss are only known once every tile has been seen.
 
@@ -166,11 +168,11 @@ def _spans(total: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
 
 
-def _last_extent(total: Any, chunk: int) -> Any:
-    """The size of the last chunk (works on symbolic sizes: no branch on ``total``)."""
+def _first_extent(total: Any, chunk: int) -> Any:
+    """The size of the first chunk (works on symbolic sizes: no branch on ``total``)."""
     if chunk <= 0:
         return total
-    return total - ((total - 1) // chunk) * chunk
+    return torch.sym_min(chunk, total)
 
 
 def _block_rows(width: int) -> int:
@@ -301,12 +303,13 @@ def _stats_forward_impl(
         arange = torch.arange(rc, device=device)
         minus_inf = torch.tensor(-math.inf, dtype=acc, device=device)
         z = zflat[:0]
-        for c0, c1 in col_spans:
+        # backwards, so that the tile left in the buffer is the first one (see the docstring)
+        for c0, c1 in reversed(col_spans):
             wt, _ = weights.tile(c0, c1)
             bt = b[c0:c1] if b is not None else None
             width = c1 - c0
             block = _block_rows(width)
-            for r0, r1 in row_spans:
+            for r0, r1 in reversed(row_spans):
                 rows = r1 - r0
                 z = _logits(xs[r0:r1], wt, bt, softcap, _buffer(zflat, rows, width))
                 ri, ci, inside = _target_entries(
@@ -397,7 +400,7 @@ def _(
     n, v = x.shape[0], w.shape[0]
     rows = x.new_empty((n,), dtype=acc)
     tile_shape = (
-        (_last_extent(n, row_chunk), _last_extent(v, column_chunk)) if keep_tile else (0, 0)
+        (_first_extent(n, row_chunk), _first_extent(v, column_chunk)) if keep_tile else (0, 0)
     )
     return (
         rows,
@@ -485,19 +488,19 @@ def _stats_backward_impl(
             else None
         )
         first = tile.numel() > 0
-        for c0, c1 in reversed(col_spans):
+        for c0, c1 in col_spans:
             wt, norms = weights.tile(c0, c1)
             bt = b[c0:c1] if b is not None else None
             width = c1 - c0
             block = _block_rows(width)
             dwt = torch.zeros((width, d), dtype=acc, device=device) if dw is not None else None
-            for r0, r1 in reversed(row_spans):
+            for r0, r1 in row_spans:
                 rows = r1 - r0
                 ri, ci, inside = _target_entries(
                     target[r0:r1], owned[r0:r1], c0, width, arange[:rows]
                 )
                 if first:
-                    z = tile  # the forward pass's last tile, read only
+                    z = tile  # the forward pass's last tile (the first one), read only
                     first = False
                 else:
                     z = _logits(xs[r0:r1], wt, bt, softcap, _buffer(zflat, rows, width))
@@ -691,6 +694,7 @@ def _stats_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor
     (x, w, target, owned, bias, scale, scale_value, vw, softcap, normalize, columns, rowsum,
      row_chunk, column_chunk, _keep) = inputs  # fmt: skip
     rest, tgt, _rsum, colrest, tile = output
+    ctx.mark_non_differentiable(tile)
     ctx.save_for_backward(x, w, target, owned, bias, scale, vw, rest, tgt, colrest, tile)
     ctx.options = (scale_value, softcap, normalize, columns, rowsum, row_chunk, column_chunk)
 
@@ -985,7 +989,8 @@ def _(
 
 def _fused_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, w, _t, bias, scale = inputs[:5]
-    _total, _lse, dx, dw, db, ds = output
+    _total, lse, dx, dw, db, ds = output
+    ctx.mark_non_differentiable(lse, dx, dw, db, ds)
     ctx.save_for_backward(dx, dw, db, ds)
     ctx.dtypes = (x.dtype, w.dtype, bias.dtype if bias is not None else None,
                   scale.dtype if scale is not None else None)  # fmt: skip
