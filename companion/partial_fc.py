@@ -17,10 +17,10 @@ scale. At :math:`C = 10^6`, :math:`D = 512`, :math:`B = 512` the weight is 2 GB,
 combine:
 
 * **Class chunks** (``chunk_size``): the logits are built ``chunk_size`` classes at a time
-  and reduced with an online log-sum-exp; only one number per row is saved and the tiles are
-  rebuilt in the backward pass, where each tile's weight gradient is written straight into
-  the weight's gradient. Neither pass ever holds the :math:`B \times C` matrix, nor a
-  normalised copy of the weight.
+  by the package's tiled engine (:mod:`companion._tiled`) and reduced with an online
+  log-sum-exp; only one number per row is saved and the tiles are rebuilt in the backward
+  pass, where each tile's weight gradient is written straight into the weight's gradient.
+  Neither pass ever holds the :math:`B \times C` matrix, nor a normalised copy of the weight.
 * **Sampling** (``sample_rate < 1``, Partial FC, An et al. 2021): every class with a positive
   in the batch is kept and the rest of ``ceil(sample_rate * C)`` centres are drawn uniformly
   from the negatives; the softmax runs over the kept centres only. The draw has a fixed size
@@ -55,7 +55,8 @@ from companion._distributed import (
     resolve_group,
     sum_over_ranks,
 )
-from companion._numerics import refuse_double_backward
+from companion._numerics import compute_dtype, head_dtype_input, normalize
+from companion._tiled import row_statistics
 from companion._validate import (
     Reduction,
     check_batch_size,
@@ -67,7 +68,6 @@ from companion._validate import (
     check_positive,
     check_real,
     check_reduction,
-    check_same_dtype_device,
     check_tensor,
     class_index_guard,
     reduce_loss,
@@ -190,7 +190,10 @@ def combined_margin(cosine: Tensor, margin: tuple[float, float, float]) -> Tenso
     :func:`~companion.margin.multiplicative_angular_margin` (:math:`\psi_{m_1}`, the monotone
     extension of :math:`\cos(m_1\theta)`); for :math:`m_1 = 1`,
     :func:`~companion.margin.additive_angular_margin` (ArcFace's :math:`\cos(\theta + m_2)`
-    with its decreasing fallback past :math:`\pi - m_2`); then :math:`m_3` is subtracted.
+    with its decreasing fallback past :math:`\pi - m_2`: the fallback of insightface's MXNet
+    code and of its ``arcface_torch`` during 2022, which its ``CombinedMarginLoss`` dropped in
+    December 2022, commit ``657ae30``; see that function for the versions it matches); then
+    :math:`m_3` is subtracted.
     :math:`m_1 \ne 1` together with :math:`m_2 \ne 0` is refused.
 
     Args:
@@ -223,137 +226,24 @@ def _combined(cosine: Tensor, margin: Margin) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _normalised_tile(weight: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Rows of ``weight`` as unit vectors (in ``acc``) and their clamped norms ``(n, 1)``."""
-    w = weight.to(acc)
-    norms = torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(_EPS)
-    return w / norms, norms
-
-
-def _mask_target(logits: Tensor, start: int, target: Tensor, owned: Tensor) -> None:
-    """Set column ``target - start`` to -inf in each owned row whose target is in this tile."""
-    width = logits.shape[1]
-    col = target - start
-    inside = owned & (col >= 0) & (col < width)
-    col = col.clamp(0, width - 1)
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    minus_inf = torch.full_like(logits[:, 0], -math.inf)
-    logits.index_put_((rows, col), torch.where(inside, minus_inf, logits[rows, col]))
-
-
-def _finite_or_zero(x: Tensor) -> Tensor:
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-
-class _ChunkedRestAndTarget(torch.autograd.Function):
-    r"""Per row, the log-sum-exp of the non-target logits and the target cosine, in class chunks.
-
-    With unit features :math:`\hat x_i`, this process's centres :math:`w_j` (normalised tile
-    by tile, never all at once) and :math:`z_{ij} = s\,\hat x_i \cdot \hat w_j`, it returns
-
-    .. math::
-
-        r_i = \log \sum_{j \ne y_i} e^{z_{ij}}, \qquad c_i = \hat x_i \cdot \hat w_{y_i},
-
-    where the target is excluded (and :math:`c_i` meaningful) only in rows whose target this
-    process owns. Forward: an online log-sum-exp over the tiles,
-    :math:`(\mu, \sigma) \leftarrow (\mu', \sigma e^{\mu - \mu'} + \sum_j e^{z_{ij} - \mu'})`;
-    saved: :math:`r` and the inputs. Backward, with :math:`g_i = \partial/\partial r_i`,
-    :math:`h_i = \partial/\partial c_i` and :math:`P_{ij} = g_i e^{z_{ij} - r_i}` (0 at the
-    target): :math:`\partial\hat x = sP\hat W + h\,\hat w_y`,
-    :math:`\partial\hat W = sP^\top\hat x` plus :math:`h_i\hat x_i` added to row :math:`y_i`,
-    and through the normalisation :math:`\partial w_j = (\partial\hat w_j - \hat w_j(\hat
-    w_j\cdot\partial\hat w_j))/\lVert w_j\rVert`, written into the weight's gradient one tile at
-    a time: the only ``C x D`` tensor the backward pass allocates is that gradient.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x_hat: Tensor,
-        weight: Tensor,
-        target: Tensor,
-        owned: Tensor,
-        scale: float,
-        chunk: int,
-    ) -> tuple[Tensor, Tensor]:
-        acc = _accumulation_dtype(x_hat.dtype)
-        x = x_hat.to(acc)
-        scaled = x * scale
-        rows = x.shape[0]
-        top = torch.full((rows,), -math.inf, dtype=acc, device=x.device)
-        total = torch.zeros(rows, dtype=acc, device=x.device)
-        for start in range(0, weight.shape[0], chunk):
-            w_hat, _ = _normalised_tile(weight[start : start + chunk], acc)
-            logits = scaled @ w_hat.T
-            _mask_target(logits, start, target, owned)
-            new_top = _finite_or_zero(torch.maximum(top, logits.amax(dim=1)))
-            total = total * torch.exp(top - new_top) + torch.exp(logits - new_top[:, None]).sum(1)
-            top = new_top
-        rest = top + torch.log(total)  # -inf where a row has no class but its target here
-        w_target, _ = _normalised_tile(weight[target], acc)
-        cosine = (x * w_target).sum(dim=1)
-        ctx.save_for_backward(x_hat, weight, target, owned, rest)
-        ctx.scale, ctx.chunk = scale, chunk
-        return rest, cosine  # in the accumulation dtype (float32 for half inputs)
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_rest: Tensor, grad_cosine: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
-        refuse_double_backward("partial_fc_loss")
-        x_hat, weight, target, owned, rest = ctx.saved_tensors
-        scale, chunk = ctx.scale, ctx.chunk
-        need_x, need_w = ctx.needs_input_grad[:2]
-        acc = rest.dtype
-        x = x_hat.to(acc)
-        scaled = x * scale
-        g = grad_rest.to(acc)
-        h = torch.where(owned, grad_cosine.to(acc), torch.zeros_like(g))
-        safe_rest = _finite_or_zero(rest)
-        d_x = torch.zeros_like(x)
-        d_w = torch.empty_like(weight) if need_w else None
-        for start in range(0, weight.shape[0], chunk):
-            stop = min(start + chunk, weight.shape[0])
-            w_hat, norms = _normalised_tile(weight[start:stop], acc)
-            logits = scaled @ w_hat.T
-            _mask_target(logits, start, target, owned)
-            prob = torch.exp(logits - safe_rest[:, None]) * g[:, None]
-            if need_x:
-                d_x += prob @ w_hat
-            if d_w is not None:
-                d_w[start:stop] = _through_normalisation(prob.T @ scaled, w_hat, norms)
-        d_x *= scale
-        w_target, norms_t = _normalised_tile(weight[target], acc)
-        d_x += h[:, None] * w_target
-        if d_w is not None:
-            d_target = _through_normalisation(h[:, None] * x, w_target, norms_t)
-            d_w.index_add_(0, target, d_target.to(d_w.dtype))
-        return (d_x.to(x_hat.dtype) if need_x else None, d_w, None, None, None, None)
-
-
-def _through_normalisation(d_hat: Tensor, w_hat: Tensor, norms: Tensor) -> Tensor:
-    """The gradient of ``w / max(|w|, eps)`` given that of its output (as ``F.normalize``)."""
-    radial = (d_hat * w_hat).sum(dim=1, keepdim=True)
-    radial = torch.where(norms > _EPS, radial, torch.zeros_like(radial))
-    return (d_hat - radial * w_hat) / norms
-
-
 def _rest_and_target(
     x_hat: Tensor, weight: Tensor, target: Tensor, owned: Tensor, scale: float, chunk: int | None
 ) -> tuple[Tensor, Tensor]:
-    """``(r, c)``: log-sum-exp of the non-target logits and the target cosine, per row."""
+    r"""``(r, c)`` per row: :math:`r_i = \log\sum_{j \ne y_i} e^{s \hat x_i\cdot\hat w_j}` (the
+    target excluded only in rows whose target this process owns) and the target cosine
+    :math:`c_i = \hat x_i \cdot \hat w_{y_i}`, in at least float32.
+
+    With ``chunk`` they come from the package's tiled engine
+    (:func:`companion._tiled.row_statistics`, class chunks of ``chunk`` centres, each normalised
+    inside its tile): neither pass holds the ``B x C`` logits or a normalised copy of the weight,
+    and the weight's gradient is written tile by tile."""
     if chunk is not None:
-        rest, cosine = _ChunkedRestAndTarget.apply(  # type: ignore[no-untyped-call]
-            x_hat, weight, target, owned, scale, chunk
+        stats = row_statistics(
+            x_hat, weight, target, owned, scale=scale, normalize_weight=True, column_chunk=chunk
         )
-        return rest, cosine
-    acc = _accumulation_dtype(x_hat.dtype)
-    cos = (x_hat @ F.normalize(weight, dim=1, eps=_EPS).T).to(acc)
+        return stats.rest, stats.target / scale
+    acc = compute_dtype(x_hat.dtype)
+    cos = (x_hat @ normalize(weight).T).to(acc)  # a zero centre divided by 1, as in the tiles
     rows = torch.arange(cos.shape[0], device=cos.device)
     cosine = cos[rows, target]
     minus_inf = torch.full_like(cosine, -math.inf)
@@ -551,23 +441,11 @@ def partial_fc_loss(
     return loss
 
 
-def head_dtype_input(x: Tensor, name: str, weight: Tensor, weight_name: str) -> Tensor:
-    # TODO(lead): replace by the shared rule in companion._numerics
-    if (
-        x.dtype != weight.dtype
-        and x.dtype in (torch.float16, torch.bfloat16)
-        and weight.dtype in (torch.float32, torch.float64)
-    ):
-        x = x.to(weight.dtype)
-    check_same_dtype_device(weight, weight_name, x, name)
-    return x
-
-
 def _check_batch(
     features: object, target: object, in_features: int, weight: Tensor, num_classes: int
 ) -> tuple[Tensor, Tensor]:
     """The per-call tensor checks: features ``(B, D)`` like ``weight``, targets in range."""
-    x = head_dtype_input(check_tensor(features, "features", ndim=2), "features", weight, "weight")
+    x = head_dtype_input(check_tensor(features, "features", ndim=2), weight)
     if x.shape[1] != in_features:
         raise ValueError(
             f"features must have shape (batch, {in_features}) to match the class centres "
