@@ -33,6 +33,9 @@ finite derivative 0 (the exact limit). The losses here return that limit: they n
 :math:`(1 - p)^{\gamma - 1}`, but raise :math:`1 - p_t` to the power :math:`\gamma` as
 :math:`\exp(\gamma \log(1 - p_t))`, with :math:`\log(1 - p_t)` computed from the logits
 directly (a log-sum-exp over the other classes, or a log-sigmoid), whose derivative is bounded.
+The softmax losses also take :math:`\log p_t` from it where :math:`p_t > 1/2`, so a tiny loss
+keeps its relative precision (``F.cross_entropy`` rounds the loss at a logit margin of 40 to 0,
+even in float64).
 """
 
 from __future__ import annotations
@@ -129,12 +132,25 @@ def _log_target_and_rest(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor
     :math:`\log(1 - p_t) = \operatorname{LSE}_{j \ne t}(x_j) - \operatorname{LSE}_j(x_j)`:
     its derivative is a difference of softmax probabilities, bounded by 1 in absolute value,
     where :math:`\log(1 - \exp(\log p_t))` would divide by :math:`1 - p_t`.
+
+    :math:`\log p_t` is :math:`x_t - \operatorname{LSE}_j(x_j)` where :math:`p_t \le 1/2`, and
+    :math:`\operatorname{log1p}(-(1 - p_t))` with :math:`1 - p_t` from the line above where
+    :math:`p_t > 1/2`: the difference of two nearly equal numbers would lose the digits of a
+    small :math:`1 - p_t` (at a margin of 40, :math:`x_t - \operatorname{LSE}` is exactly 0
+    even in float64), the second form keeps its relative precision.
     """
     lse = torch.logsumexp(logits, dim=1)
-    log_p = logits.gather(1, target[:, None]).squeeze(1) - lse
     is_target = torch.zeros_like(logits, dtype=torch.bool).scatter(1, target[:, None], True)
-    rest = torch.logsumexp(logits.masked_fill(is_target, -math.inf), dim=1)
-    return log_p, rest - lse
+    log_rest = torch.logsumexp(logits.masked_fill(is_target, -math.inf), dim=1) - lse
+    direct = logits.gather(1, target[:, None]).squeeze(1) - lse
+    near_one = log_rest < -_LOG2
+    # evaluated on a safe input outside its branch, so neither branch's gradient is NaN
+    rest = torch.where(near_one, log_rest, torch.full_like(log_rest, -_LOG2))
+    log_p = torch.where(near_one, torch.log1p(-torch.exp(rest)), direct)
+    return log_p, log_rest
+
+
+_LOG2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +517,7 @@ def logit_adjusted_cross_entropy(
     t = _check_exponent(tau, "tau")
     x = logits.to(compute_dtype(logits.dtype))
     shifted = x + t * torch.log(p.to(x.dtype))
-    log_p = torch.log_softmax(shifted, dim=1).gather(1, index[:, None]).squeeze(1)
+    log_p, _ = _log_target_and_rest(shifted, index)
     return reduce_loss(-log_p, reduction).to(logits.dtype)
 
 

@@ -173,9 +173,9 @@ def test_focal_gradient_is_the_exact_limit_for_gamma_below_one(
     assert_finite(loss, g)
     log_p = -torch.log1p(torch.exp(torch.tensor(-margin, dtype=F64)))
     want = _focal_grad_of_target_logit(log_p, gamma)
-    # as for F.cross_entropy, the derivative of log p_t carries an absolute error of about eps
-    # (1 - p_t rounded at the scale of 1), so tiny gradients are exact only to that
-    atol = torch.finfo(dtype).eps
+    # 1 - p_t and log p_t keep their relative precision (see the next test): only denormal
+    # results lose digits
+    atol = torch.finfo(dtype).tiny
     torch.testing.assert_close(g[0, 0].double(), want, rtol=1e-4, atol=atol)
     torch.testing.assert_close(g[0, 1].double(), -want, rtol=1e-4, atol=atol)
     if margin == 1e4:
@@ -393,16 +393,28 @@ def test_poly1_is_cross_entropy_plus_epsilon_one_minus_p(reduction: str, epsilon
         torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-14)
 
 
-def test_poly1_keeps_one_minus_p_exact_near_one() -> None:
-    """1 - p_t from the other classes' log-sum-exp: at a margin of 40, 1 - p_t = 2 e^-40,
-    which 1 - exp(log p_t) (or expm1) loses, as log p_t itself rounds to 0 in float64."""
+def test_tiny_losses_keep_their_relative_precision() -> None:
+    """At a margin of 40, x_t - logsumexp(x) is exactly 0 in float64 (F.cross_entropy returns
+    0), while the true cross-entropy is log1p(2 e^-40) = 8.5e-18; 1 - p_t = 2 e^-40 comes from
+    the other classes' log-sum-exp, and log p_t from log1p of it."""
     x = torch.tensor([[40.0, 0.0, 0.0]], dtype=F64)
-    extra = IB.poly1_cross_entropy(x, torch.tensor([0]), reduction="none") - F.cross_entropy(
-        x, torch.tensor([0]), reduction="none"
-    )
+    t = torch.tensor([0])
+    rest = 2 * math.exp(-40)
+    ce = math.log1p(rest)
+    assert F.cross_entropy(x, t).item() == 0.0
+    torch.testing.assert_close(IB.focal_loss(x, t, gamma=0.0), torch.tensor(ce, dtype=F64))
     torch.testing.assert_close(
-        extra, torch.tensor([2 * math.exp(-40)], dtype=F64), rtol=1e-9, atol=0
+        IB.focal_loss(x, t, gamma=0.5), torch.tensor(rest**0.5 * ce, dtype=F64)
     )
+    torch.testing.assert_close(IB.poly1_cross_entropy(x, t), torch.tensor(ce + rest, dtype=F64))
+    uniform = torch.full((3,), 1 / 3, dtype=F64)  # a uniform prior shifts nothing
+    torch.testing.assert_close(
+        IB.logit_adjusted_cross_entropy(x, t, uniform), torch.tensor(ce, dtype=F64)
+    )
+    # and the gradient: p - e_t, whose target entry -(1 - p_t) = -2 e^-40 torch rounds to 0
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(IB.focal_loss(xg, t, gamma=0.0), xg)
+    torch.testing.assert_close(g[0, 0], torch.tensor(-rest / (1 + rest), dtype=F64))
 
 
 # ------------------------------------------------------------------------------------------
