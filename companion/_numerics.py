@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -42,3 +44,56 @@ def refuse_double_backward(where: str) -> None:
             "as a gradient penalty needs): its backward pass is not itself differentiable. "
             "Use chunk_size=None, whose full-matrix graph supports higher derivatives."
         )
+
+
+def head_dtype_input(
+    features: Tensor, weight: Tensor, *, name: str = "features", weight_name: str = "weight"
+) -> Tensor:
+    """``features`` in the dtype of a head's ``weight``: the rule for the AMP training pattern.
+
+    Under :func:`torch.autocast` a backbone hands float16 or bfloat16 features to a head whose
+    weights stay float32. A head computes in its own precision: features of a lower-precision
+    floating dtype (one that ``weight``'s dtype holds exactly: float16 or bfloat16 for a float32
+    head, and float32 for a float64 one) are cast up to ``weight``'s dtype, and the gradient
+    flows back to them in their own dtype. The weight is never cast down: any other dtype
+    mismatch (float64 features for a float32 head, float16 features for a bfloat16 one) is a
+    ``TypeError``, and a different device a ``ValueError``, each naming ``name``.
+
+    Examples:
+        >>> import torch
+        >>> from companion._numerics import head_dtype_input
+        >>> weight = torch.zeros(3, 4)
+        >>> head_dtype_input(torch.ones(2, 4, dtype=torch.bfloat16), weight).dtype
+        torch.float32
+    """
+    if features.device != weight.device:
+        raise ValueError(
+            f"{name} must be on the same device as {weight_name} ({weight.device}), "
+            f"got {features.device}"
+        )
+    if features.dtype == weight.dtype:
+        return features
+    if (
+        features.is_floating_point()
+        and weight.is_floating_point()
+        and torch.promote_types(features.dtype, weight.dtype) == weight.dtype
+    ):
+        return features.to(weight.dtype)
+    raise TypeError(
+        f"{name} must have the same dtype as {weight_name} ({weight.dtype}) or a lower-precision "
+        f"floating dtype, which is cast up to it; got {features.dtype}. A head is never cast "
+        f"down: convert the features, or the head with .to({features.dtype})"
+    )
+
+
+def autocast_disabled(x: Tensor) -> contextlib.AbstractContextManager[None]:
+    """A context in which :func:`torch.autocast` is off for ``x``'s device type.
+
+    A head that computes in its own precision (see :func:`head_dtype_input`) runs its matrix
+    products inside it, so that an enclosing autocast region does not cast them back down; a
+    device type without autocast (``meta``) gets a context that does nothing.
+    """
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

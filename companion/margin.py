@@ -42,6 +42,7 @@ device only.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from companion._numerics import compute_dtype, normalize
+from companion._numerics import autocast_disabled, compute_dtype, head_dtype_input, normalize
 from companion._validate import (
     Reduction,
     check_batch_size,
@@ -85,6 +86,10 @@ __all__ = [
     "multiplicative_angular_margin",
 ]
 
+#: A scheduled head (L-Softmax, A-Softmax) that runs this many training forward passes without a
+#: ``step()`` warns once: its lambda schedule has not moved.
+STEP_REMINDER_AFTER = 100
+
 #: How far outside [-1, 1] a cosine handed to a public function may lie (rounding in low
 #: precision) before it is rejected as "not a cosine"; values inside are clamped to [-1, 1].
 COSINE_TOLERANCE = 1e-2
@@ -113,7 +118,7 @@ def _check_lambda(lambda_: object) -> float | Tensor:
     """A Python number >= 0, or a 0-d floating tensor (a module's schedule, read without a sync)."""
     if isinstance(lambda_, Tensor):
         check_tensor(lambda_, "lambda_", ndim=0)
-        if value_checks_enabled() and bool(lambda_ < 0):
+        if value_checks_enabled(lambda_) and bool(lambda_ < 0):
             raise ValueError("lambda_ must be non-negative")
         return lambda_
     return check_positive(lambda_, "lambda_", allow_zero=True)
@@ -121,7 +126,7 @@ def _check_lambda(lambda_: object) -> float | Tensor:
 
 def _check_cosine(cosine: object, name: str, *, ndim: int | None = None) -> Tensor:
     x = check_tensor(cosine, name, ndim=ndim, allow_empty=ndim is None)
-    if x.numel() and value_checks_enabled():
+    if x.numel() and value_checks_enabled(x):
         lo, hi = (float(v) for v in torch.aminmax(x.detach()))
         if lo < -1 - COSINE_TOLERANCE or hi > 1 + COSINE_TOLERANCE:
             bad = lo if lo < -1 - COSINE_TOLERANCE else hi
@@ -241,12 +246,25 @@ def additive_angular_margin(cosine: Tensor, margin: float = 0.5) -> Tensor:
             \cos\theta - m \sin m & \text{otherwise,}
         \end{cases}
 
-    the rule of the ArcFace reference implementation (and pytorch-metric-learning). Without the
-    second branch, :math:`\cos(\theta + m)` would *increase* for :math:`\theta > \pi - m`, and
-    the loss would reward pushing a sample further from its class. The switch is decreasing but
-    not continuous: it drops by :math:`\cos m + m\sin m - 1` (about 0.12 for :math:`m = 0.5`).
-    Computed as :math:`\cos\theta\cos m - \sin\theta\sin m` (no ``acos``), with a finite
-    derivative at :math:`\cos\theta = \pm 1`.
+    Without the second branch, :math:`\cos(\theta + m)` would *increase* for
+    :math:`\theta > \pi - m`, and the loss would reward pushing a sample further from its
+    class. The switch is decreasing but not continuous: it drops by
+    :math:`\cos m + m\sin m - 1` (about 0.12 for :math:`m = 0.5`). Computed as
+    :math:`\cos\theta\cos m - \sin\theta\sin m` (no ``acos``), with a finite derivative at
+    :math:`\cos\theta = \pm 1`.
+
+    **Which implementations have this fallback.** insightface's MXNet ArcFace
+    (``train_softmax.py``, 2018, the code of the paper), its PyTorch
+    ``recognition/arcface_torch/losses.py`` during 2022 (for example at commit ``e78eee5``,
+    quoted in its issue #2026 of June 2022), and pytorch-metric-learning's ``ArcFaceLoss``
+    (2.x): their values agree with this function at every angle. insightface changed it in
+    December 2022 (commit ``657ae30``; ``ArcFace`` and ``CombinedMarginLoss`` of the current
+    ``arcface_torch``): there is no fallback, the target logit is
+    :math:`\cos(\arccos c + m)` at every angle (so it rises again past :math:`\pi - m`),
+    computed under ``torch.no_grad()``, so that its gradient is the plain cosine's (the margin
+    moves the value only). The first ``arcface_torch`` (2021) had no fallback either. Between
+    :math:`0` and :math:`\pi - m` all of them give the same value, :math:`\cos(\theta + m)`;
+    the gradients agree with those versions that differentiate through the margin.
 
     Args:
         cosine: floating tensor of any shape, values in :math:`[-1, 1]`.
@@ -385,7 +403,7 @@ def large_margin_softmax_loss(
     check_tensor(target_norm, "target_norm", ndim=1)
     check_shape(target_norm, "target_norm", (logits.shape[0],))
     check_same_dtype_device(logits, "logits", target_norm, "target_norm")
-    if value_checks_enabled():
+    if value_checks_enabled(logits, target_norm):
         check_in_range(target_norm, "target_norm", 0.0, math.inf, what="products of norms")
         rows = torch.arange(logits.shape[0], device=logits.device)
         t = logits.detach()[rows, target]
@@ -610,6 +628,15 @@ class MarginHead(nn.Module):
     """The base of every head: the class weights ``weight`` of shape ``(num_classes, in_features)``
     (initialised Xavier-uniform), the input checks and the reduction.
 
+    **Mixed precision.** A head computes in the precision of its weights. Features of a lower
+    floating precision, as a backbone under :func:`torch.autocast` produces (bfloat16 or
+    float16 features for a float32 head), are cast up to the weights' dtype, and the head's
+    products run with autocast off: the loss is the float32 computation on the upcast
+    features, returned in float32, and the features' gradient comes back in their own dtype
+    (as pytorch-metric-learning computes in its weights' precision). The weights are never cast
+    down: float64 features for a float32 head are refused (see
+    :func:`companion._numerics.head_dtype_input`).
+
     Examples:
         >>> import torch
         >>> from companion.margin import ArcFaceLoss, MarginHead
@@ -644,14 +671,14 @@ class MarginHead(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def _check_features(self, features: object) -> Tensor:
+        """The checked features, cast up to the weights' dtype (the mixed-precision rule)."""
         x = check_tensor(features, "features", ndim=2)
         check_finite(x, "features")
         if x.shape[1] != self.in_features:
             raise ValueError(
                 f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}"
             )
-        check_same_dtype_device(self.weight, "weight", x, "features")
-        return x
+        return head_dtype_input(x, self.weight)
 
     def _check_inputs(self, features: object, target: object) -> tuple[Tensor, Tensor]:
         x = self._check_features(features)
@@ -663,7 +690,8 @@ class MarginHead(nn.Module):
     def cosine(self, features: Tensor) -> Tensor:
         r""":math:`\cos\theta_{ij}` between each feature and each class weight, ``(B, C)``."""
         x = self._check_features(features)
-        return normalize(x, dim=1) @ normalize(self.weight, dim=1).t()
+        with autocast_disabled(x):
+            return normalize(x, dim=1) @ normalize(self.weight, dim=1).t()
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
@@ -677,22 +705,33 @@ class ScheduledMarginHead(MarginHead):
     r"""The base of :class:`LSoftmaxLoss` and :class:`ASoftmaxLoss`: a multiplicative margin
     :math:`m` and a blend weight :math:`\lambda` annealed by a :class:`LambdaSchedule`.
 
-    The schedule advances by itself: every forward pass in training mode with gradients enabled
-    is one training iteration (the counter ``iteration`` is a buffer, so it is saved in
-    ``state_dict`` and read without a host sync). ``schedule=None`` is the pure margin
-    (:math:`\lambda = 0`) from the first step.
+    **Advance the schedule with** :meth:`step`, **once per training step**, after
+    ``optimizer.step()``, as a learning-rate scheduler is advanced (or register it on the
+    optimiser: ``optimizer.register_step_post_hook(lambda *_: head.step())``). A forward pass
+    only reads the counter ``iteration``: every micro-batch of a step accumulated over several
+    forward passes uses the same :math:`\lambda`, and the second forward pass that
+    :func:`torch.utils.checkpoint` runs during the backward pass computes exactly the first
+    one's loss, so the checkpointed gradient equals the plain one. (In version 0.1 every
+    training forward pass advanced the schedule, which counted a checkpointed step twice and
+    an accumulated step once per micro-batch.) ``iteration`` is a buffer: it is saved in
+    ``state_dict`` and read without a host sync. A head that runs 100
+    training forward passes without a :meth:`step` warns once.
+    ``schedule=None`` is the pure margin (:math:`\lambda = 0`) from the first step.
 
     Examples:
         >>> import torch
         >>> from companion.margin import ASoftmaxLoss
         >>> head = ASoftmaxLoss(16, 10)  # SphereFace's schedule: lambda starts at 1000
+        >>> optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
         >>> x, y = torch.randn(8, 16), torch.randint(10, (8,))
         >>> for _ in range(100):
-        ...     _ = head(x, y)  # each training forward pass is one iteration
+        ...     optimizer.zero_grad()
+        ...     head(x, y).backward()
+        ...     optimizer.step()
+        ...     head.step()  # one training step: lambda moves on
         >>> int(head.iteration), round(head.lambda_, 2)
         (100, 76.92)
-        >>> with torch.no_grad():
-        ...     _ = head(x, y)  # evaluation does not advance it
+        >>> _ = head(x, y)  # a forward pass alone does not advance it
         >>> int(head.iteration)
         100
     """
@@ -717,11 +756,21 @@ class ScheduledMarginHead(MarginHead):
             )
         self.schedule = schedule
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long, device=device))
+        self._passes_without_step = 0  # training forward passes since the last step() (eager)
 
     @property
     def lambda_(self) -> float:
-        """The blend weight the next training forward pass uses (reads the counter: a sync)."""
+        """The blend weight the forward passes use until the next :meth:`step` (a sync)."""
         return 0.0 if self.schedule is None else self.schedule(int(self.iteration))
+
+    def step(self) -> None:
+        r"""Advance the :math:`\lambda` schedule by one training step (in place, no host sync).
+
+        Call it once per optimiser step, after ``optimizer.step()``.
+        """
+        with torch.no_grad():
+            self.iteration.add_(1)
+        self._passes_without_step = 0
 
     def _logits_and_norm(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """The head's plain logits ``n_i cos(theta_ij)`` (a new tensor) and the ``n_i``."""
@@ -735,18 +784,27 @@ class ScheduledMarginHead(MarginHead):
         computed here, so they are not validated again.
         """
         x, t = self._check_inputs(features, target)
-        logits, norm = self._logits_and_norm(x, t)
-        transform = _blend(self.margin, self._next_lambda(x.dtype))
-        return _margin_cross_entropy(logits, t, norm, transform, self.reduction, inplace=True)
+        with autocast_disabled(x):
+            logits, norm = self._logits_and_norm(x, t)
+            transform = _blend(self.margin, self._current_lambda(x.dtype))
+            return _margin_cross_entropy(logits, t, norm, transform, self.reduction, inplace=True)
 
-    def _next_lambda(self, dtype: torch.dtype) -> float | Tensor:
-        """The blend weight for this forward pass; advances the counter in training."""
+    def _current_lambda(self, dtype: torch.dtype) -> float | Tensor:
+        """The blend weight at the current ``iteration`` (read, never advanced, here)."""
         if self.schedule is None:
             return 0.0
-        lam = self.schedule.at(self.iteration, compute_dtype(dtype))
-        if self.training and torch.is_grad_enabled():
-            self.iteration.add_(1)
-        return lam
+        if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            self._passes_without_step += 1
+            if self._passes_without_step == STEP_REMINDER_AFTER:
+                warnings.warn(
+                    f"{type(self).__name__} ran {STEP_REMINDER_AFTER} training forward passes "
+                    "without a step(): its lambda schedule has not moved (lambda = "
+                    f"{self.lambda_:g}); call step() once per training step, after "
+                    "optimizer.step()",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return self.schedule.at(self.iteration, compute_dtype(dtype))
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
@@ -757,8 +815,8 @@ class LSoftmaxLoss(ScheduledMarginHead):
     r"""L-Softmax head: class weights ``(num_classes, in_features)`` and the L-Softmax loss.
 
     ``forward(features, target)`` returns :func:`large_margin_softmax_loss` of the logits
-    :math:`W x` with :math:`\lambda` from the schedule, which advances by one at each training
-    forward pass (see :class:`ScheduledMarginHead`); :meth:`logits` returns the plain
+    :math:`W x` with :math:`\lambda` from the schedule, which :meth:`step` advances by one,
+    once per training step (see :class:`ScheduledMarginHead`); :meth:`logits` returns the plain
     :math:`W x` used at inference. ``schedule=None`` gives the pure margin, :math:`\lambda = 0`.
 
     Args:
@@ -781,7 +839,8 @@ class LSoftmaxLoss(ScheduledMarginHead):
         >>> head = LSoftmaxLoss(16, 10, margin=4)
         >>> loss = head(torch.randn(8, 16), torch.randint(10, (8,)))
         >>> loss.backward()
-        >>> int(head.iteration)  # one training step taken: lambda has moved
+        >>> head.step()  # after optimizer.step(): one training step taken, lambda moves on
+        >>> int(head.iteration)
         1
     """
 
@@ -800,7 +859,8 @@ class LSoftmaxLoss(ScheduledMarginHead):
     def logits(self, features: Tensor) -> Tensor:
         """Plain logits :math:`W x`, shape ``(B, C)``."""
         x = self._check_features(features)
-        return x @ self.weight.t()
+        with autocast_disabled(x):
+            return x @ self.weight.t()
 
     def _logits_and_norm(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         norm = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(
@@ -816,8 +876,8 @@ class ASoftmaxLoss(ScheduledMarginHead):
     the target one :math:`\|x\|(\psi_m(\theta_y) + \lambda\cos\theta_y)/(1 + \lambda)`. The
     stored ``weight`` may have any norm; it is normalised in every forward pass.
     :meth:`logits` returns :math:`\|x\|\cos\theta_j` (inference). :math:`\lambda` follows the
-    schedule, advancing by one at each training forward pass; SphereFace's default schedule
-    stops at :math:`\lambda = 5`, never 0: ``schedule=None`` gives the pure margin.
+    schedule, which :meth:`step` advances by one, once per training step; SphereFace's default
+    schedule stops at :math:`\lambda = 5`, never 0: ``schedule=None`` gives the pure margin.
 
     Args:
         in_features, num_classes, reduction, device, dtype: as in :class:`LSoftmaxLoss`.
@@ -852,7 +912,8 @@ class ASoftmaxLoss(ScheduledMarginHead):
     def logits(self, features: Tensor) -> Tensor:
         r"""Plain logits :math:`\|x\|\cos\theta_j = \hat W_j^\top x`, shape ``(B, C)``."""
         x = self._check_features(features)
-        return x @ normalize(self.weight, dim=1).t()
+        with autocast_disabled(x):
+            return x @ normalize(self.weight, dim=1).t()
 
     def _logits_and_norm(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         return x @ normalize(self.weight, dim=1).t(), torch.linalg.vector_norm(x, dim=1)
@@ -887,7 +948,9 @@ class CosineMarginHead(MarginHead):
 
     def logits(self, features: Tensor) -> Tensor:
         r"""Plain logits :math:`s\cos\theta_j`, shape ``(B, C)`` (inference)."""
-        return self._scaled_cosine(self._check_features(features))
+        x = self._check_features(features)
+        with autocast_disabled(x):
+            return self._scaled_cosine(x)
 
     def _scaled_cosine(self, x: Tensor) -> Tensor:
         # the scale goes on the (B, D) features, not on the (B, C) product
@@ -905,10 +968,11 @@ class CosineMarginHead(MarginHead):
         cosines are computed here, so they are not validated again.
         """
         x, t = self._check_inputs(features, target)
-        return _margin_cross_entropy(
-            self._scaled_cosine(x), t, self.scale, self._target_transform, self.reduction,
-            inplace=True,
-        )  # fmt: skip
+        with autocast_disabled(x):
+            return _margin_cross_entropy(
+                self._scaled_cosine(x), t, self.scale, self._target_transform, self.reduction,
+                inplace=True,
+            )  # fmt: skip
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""

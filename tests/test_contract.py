@@ -11,7 +11,8 @@ The checks, for every case:
 * the inputs are not modified;
 * the bad-input table: a wrong dtype, a wrong ndim, an empty batch, NaN and infinity in the main
   input, a bad reduction string, uint8 / bool / out-of-range class targets: each a ValueError or
-  TypeError whose message names the argument;
+  TypeError whose message names the argument (a loss on mined pairs or triplets, marked
+  ``mined``, takes an empty batch instead: a zero loss with zero gradients);
 
 and for the production losses (the ones meant for a hot training loop), with value checks off:
 
@@ -96,6 +97,8 @@ class Case:
             draws random numbers inside, whose compiled draws differ from eager ones).
         double_backward: second derivatives are checked too (``gradgradcheck``); False for the
             tiled paths, which refuse ``create_graph`` with a clear error instead.
+        mined: a loss on pairs or triplets that a miner picked, which may be none: an empty
+            batch gives a zero loss connected to the graph, where every other loss refuses it.
     """
 
     fn: Callable[..., Any]
@@ -113,6 +116,7 @@ class Case:
     gradcheck_floats: tuple[int, ...] | None = None
     compiles: bool = True
     double_backward: bool = True
+    mined: bool = False
 
 
 def _logits_and_classes(dtype: torch.dtype) -> list[Any]:
@@ -316,8 +320,8 @@ CASES: dict[str, Case] = {
     "sampled_softmax_loss": Case(_sampled(NC.sampled_softmax_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
     "sampled_softmax_loss, sparse": Case(_sampled(NC.sampled_softmax_loss, sparse=True), _output_layer, floats=(0, 3), class_target=2, production=True, num_classes=20, low_precision=False),
     # contrast
-    "contrastive_loss": Case(CT.contrastive_loss, lambda dt: [*_same_shape_pair(dt), (torch.rand(B, generator=_gen(4)) < 0.5).to(dt)], floats=(0, 1)),
-    "triplet_loss": Case(CT.triplet_loss, lambda dt: [*_same_shape_pair(dt), _randn(B, D, dtype=dt, seed=5)], floats=(0, 1, 2)),
+    "contrastive_loss": Case(CT.contrastive_loss, lambda dt: [*_same_shape_pair(dt), (torch.rand(B, generator=_gen(4)) < 0.5).to(dt)], floats=(0, 1), mined=True),
+    "triplet_loss": Case(CT.triplet_loss, lambda dt: [*_same_shape_pair(dt), _randn(B, D, dtype=dt, seed=5)], floats=(0, 1, 2), mined=True),
     "info_nce_loss": Case(CT.info_nce_loss, _unit_pair, floats=(0, 1)),
     "clip_loss": Case(_clip_full, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True),
     "clip_loss, chunked": Case(_clip_chunked, _clip_inputs, floats=(0, 1, 2), none_shape=None, production=True, double_backward=False),
@@ -326,7 +330,7 @@ CASES: dict[str, Case] = {
     "siglip_loss": Case(SG.siglip_loss, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True),
     "siglip_loss, chunked": Case(_siglip_chunked, _siglip_inputs, floats=(0, 1, 2, 3), none_shape=None, production=True, double_backward=False),
     "SigLipLoss": Case(_siglip_module, _unit_pair, floats=(0, 1), none_shape=None, production=True, module=True),
-    "soft_target_clip_loss": Case(CT.soft_target_clip_loss, _clip_inputs, floats=(0, 1, 2), none_shape=None, kwargs={"target_scale": 10.0}, gradcheck_floats=(2,)),
+    "soft_target_clip_loss": Case(CT.soft_target_clip_loss, _clip_inputs, floats=(0, 1, 2), kwargs={"target_scale": 10.0}, gradcheck_floats=(2,)),
     # margins
     "large_margin_softmax_loss": Case(M.large_margin_softmax_loss, _lsoftmax_inputs, floats=(0, 2), class_target=1, production=True),
     "angular_softmax_loss": Case(M.angular_softmax_loss, _asoftmax_inputs, floats=(0, 2), class_target=1, production=True),
@@ -501,6 +505,13 @@ def test_inputs_are_not_modified(name: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def _empty_batch(args: list[Any], batch: int) -> list[Any]:
+    """The arguments with zero rows: every tensor whose first dimension is the batch, cut."""
+    return [
+        a[:0] if isinstance(a, Tensor) and a.dim() >= 1 and a.shape[0] == batch else a for a in args
+    ]
+
+
 def _bad_rows(case: Case) -> list[tuple[str, Callable[[list[Any]], list[Any]], type[Exception]]]:
     """(row name, corruption of the arguments, expected error)."""
     rows: list[tuple[str, Callable[[list[Any]], list[Any]], type[Exception]]] = []
@@ -532,6 +543,9 @@ def _bad_rows(case: Case) -> list[tuple[str, Callable[[list[Any]], list[Any]], t
         ]
         if case.inputs(F64)[main].dim() >= 1:
             rows.append(("main input with an extra dimension", put(lambda x: x[None]), ValueError))
+            if not case.mined:  # mined losses: test_mined_empty_batch_is_a_zero_loss_...
+                batch = case.inputs(F64)[main].shape[0]
+                rows.append(("empty batch", lambda a: _empty_batch(a, batch), ValueError))
     if case.class_target is not None:
         k = case.class_target
 
@@ -578,6 +592,21 @@ def test_bad_input(
     assert re.match(r"^[A-Za-z_][\w\[\]]* (must|contains|and) ", message), (
         f"{row}: the message does not name the argument: {message!r}"
     )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.mined])
+def test_mined_empty_batch_is_a_zero_loss_with_zero_gradients(name: str, reduction: str) -> None:
+    """A miner that found no pair or triplet: zero (an empty tensor for "none"), not an error."""
+    case = CASES[name]
+    fn, args = _make(case, F64)
+    leaves = _leaves(case, args)
+    empty = _empty_batch(args, args[case.floats[0]].shape[0])  # slices of the leaves
+    loss = _call_reduced(case, fn, empty, reduction)
+    assert loss.shape == ((0,) if reduction == "none" else ())
+    assert loss.dtype == F64 and not loss.detach().ne(0).any()
+    for g in torch.autograd.grad(loss.sum(), leaves):
+        assert torch.equal(g, torch.zeros_like(g))
 
 
 @pytest.mark.parametrize("name", REDUCED)

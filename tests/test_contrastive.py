@@ -673,3 +673,109 @@ def test_supcon_bad_input() -> None:
         C.supervised_contrastive_loss(z.clone().fill_(math.inf), labels)
     with pytest.raises(ValueError, match=r"reduction must be one of"):
         C.supervised_contrastive_loss(z, labels, reduction="avg")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------
+# issue 17: mined pairs that are empty, float16 means, reductions
+# ------------------------------------------------------------------------------------------
+
+
+def _mined_losses(embeddings: Tensor, index: Tensor, reduction: str) -> dict[str, Tensor]:
+    """The pair and triplet losses on the rows a miner picked (``index``, maybe empty)."""
+    picked = embeddings[index]
+    same = torch.ones(index.shape[0], dtype=torch.bool)
+    return {
+        "contrastive_loss": C.contrastive_loss(picked, picked.flip(0), same, reduction=reduction),
+        "triplet_loss": C.triplet_loss(picked, picked, picked.flip(0), reduction=reduction),
+        "triplet_loss, squared": C.triplet_loss(
+            picked, picked, picked.flip(0), reduction=reduction, squared=True
+        ),
+    }
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_mined_pairs_give_a_zero_loss_connected_to_the_graph(reduction: str) -> None:
+    """A miner that finds nothing must not stop training: zero loss, zero gradients."""
+    embeddings = unit(8, 4, 50).requires_grad_(True)
+    nothing = torch.zeros(0, dtype=torch.long)
+    for name, loss in _mined_losses(embeddings, nothing, reduction).items():
+        if reduction == "none":
+            assert loss.shape == (0,), name
+        else:
+            assert loss.shape == () and loss.item() == 0.0, name
+        (g,) = torch.autograd.grad(loss.sum(), embeddings, retain_graph=True)
+        assert torch.equal(g, torch.zeros_like(embeddings)), name
+    # and the same code path with pairs found is the ordinary loss
+    some = torch.tensor([0, 3, 5])
+    for loss in _mined_losses(embeddings, some, reduction).values():
+        assert loss.shape == ((3,) if reduction == "none" else ())
+
+
+def test_empty_feature_dimension_is_still_refused() -> None:
+    empty = torch.zeros(3, 0)
+    with pytest.raises(ValueError, match=r"^x1 must not be empty"):
+        C.contrastive_loss(empty, empty, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^anchor must not be empty"):
+        C.triplet_loss(empty, empty, empty)
+    with pytest.raises(ValueError, match=r"^same must have shape \(0,\)"):
+        C.contrastive_loss(torch.zeros(0, 2), torch.zeros(0, 2), torch.ones(1, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^query must not be empty"):
+        C.info_nce_loss(torch.zeros(0, 2), torch.zeros(0, 2))  # not a mined-pairs loss
+
+
+def _anti_aligned_pairs(n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Pairs (2k, 2k + 1) share a label and point in opposite directions: a large loss each."""
+    z = torch.zeros(n, 2, dtype=dtype)
+    z[0::2, 0] = 1.0
+    z[1::2, 0] = -1.0
+    return z, torch.arange(n) // 2
+
+
+def test_supcon_float16_mean_is_finite_when_the_batch_sum_passes_65504() -> None:
+    """2,048 anchors with a loss of about 47 each: a sum of 96,000, a mean of 47."""
+    z, labels = _anti_aligned_pairs(2048, torch.float16)
+    per_anchor = C.supervised_contrastive_loss(z.float(), labels, 0.05, reduction="none")
+    assert per_anchor.sum().item() > 65_504
+    want = C.supervised_contrastive_loss(z.float(), labels, 0.05)
+    got = C.supervised_contrastive_loss(z, labels, 0.05)
+    assert got.dtype == torch.float16 and torch.isfinite(got)
+    torch.testing.assert_close(got, want.half(), rtol=1e-3, atol=0)
+    # a bfloat16 sum of 2,048 values rounds badly; the mean is as good as one value
+    got_bf16 = C.supervised_contrastive_loss(z.bfloat16(), labels, 0.05)
+    torch.testing.assert_close(got_bf16, want.bfloat16(), rtol=0, atol=0)
+
+
+def test_pair_losses_float16_mean_is_finite_when_the_batch_sum_passes_65504() -> None:
+    """contrastive_loss, triplet_loss and info_nce_loss average in float32 too."""
+    n = 8192
+    x1 = torch.zeros(n, 2, dtype=torch.float16)
+    x2 = torch.zeros(n, 2, dtype=torch.float16)
+    x2[:, 0] = 4.0  # each matching pair is 4 apart: a loss of 8 each, 65,536 in all
+    same = torch.ones(n, dtype=torch.bool)
+    assert C.contrastive_loss(x1, x2, same).item() == 8.0
+    assert C.triplet_loss(x1, x2, x1, margin=4.0).item() == 8.0
+    q, k = _anti_aligned_pairs(512, torch.float16)[0], -_anti_aligned_pairs(512, torch.float16)[0]
+    want = C.info_nce_loss(q.float(), k.float(), 0.01)
+    assert want.item() * 512 > 65_504
+    torch.testing.assert_close(C.info_nce_loss(q, k, 0.01), want.half(), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_soft_target_clip_loss_reductions(reduction: str) -> None:
+    image, text = unit(6, 4, 51), unit(6, 4, 52)
+    per_pair = C.soft_target_clip_loss(image, text, 10.0, reduction="none")
+    assert per_pair.shape == (6,)
+    value = C.soft_target_clip_loss(image, text, 10.0, reduction=reduction)
+    want = {"none": per_pair, "mean": per_pair.mean(), "sum": per_pair.sum()}[reduction]
+    torch.testing.assert_close(value, want, rtol=1e-12, atol=1e-12)
+    # the default is the mean, the value it always had: half of each direction's mean
+    logits = 10.0 * image @ text.T
+    targets = torch.softmax(10.0 * (image @ image.T + text @ text.T) / 2, dim=1)
+    by_hand = (
+        -(
+            (targets * logits.log_softmax(1)).sum(1).mean()
+            + (targets * logits.T.log_softmax(1)).sum(1).mean()
+        )
+        / 2
+    )
+    torch.testing.assert_close(C.soft_target_clip_loss(image, text, 10.0), by_hand)

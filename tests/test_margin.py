@@ -449,22 +449,24 @@ def test_lambda_schedule_formula_and_presets() -> None:
     assert M.LambdaSchedule(base=2.0, gamma=0.0, lambda_min=0.0)(123) == 2.0
 
 
-def test_training_forward_advances_lambda_and_is_saved() -> None:
+def test_step_advances_lambda_and_is_saved() -> None:
     head = M.ASoftmaxLoss(D, C, dtype=F64)
     assert head.lambda_ == 1000.0
     x, y = _data(3)
     for _ in range(10):
-        head(x, y)  # each training forward pass is one iteration
+        head(x, y).backward()
+        head.step()  # one training step
     with torch.no_grad():
-        head(x, y)  # evaluation (no gradient) does not advance it
+        head(x, y)  # forward passes never advance it
     head.eval()
-    head(x, y)  # nor does eval mode
+    head(x, y)
     assert head.iteration == 10 and head.lambda_ == pytest.approx(1000 / 2.2)
     # the blend used is the schedule's value at the current iteration
     lam = head.lambda_
     head.train()
     want = M.angular_softmax_loss(head.cosine(x), y, torch.linalg.vector_norm(x, dim=1), 4, lam)
     torch.testing.assert_close(head(x, y), want, rtol=1e-12, atol=1e-12)
+    head.step()
     other = M.ASoftmaxLoss(D, C, dtype=F64)
     other.load_state_dict(head.state_dict())
     assert other.iteration == 11
@@ -648,10 +650,12 @@ def test_non_integer_margin_has_the_limit_derivative_at_cos_one() -> None:
 
 @pytest.mark.parametrize("name", ["LSoftmaxLoss", "ASoftmaxLoss"])
 def test_scheduled_heads_make_no_host_sync_and_compile(name: str) -> None:
-    """With the default lambda schedule (read from a buffer, advanced in place)."""
+    """With the default lambda schedule (read from a buffer, advanced in place by step())."""
     import companion
     from tests.host_syncs import count_host_syncs
 
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
     eager = getattr(M, name)(D, C)
     torch.manual_seed(0)
@@ -659,9 +663,167 @@ def test_scheduled_heads_make_no_host_sync_and_compile(name: str) -> None:
     compiled = torch.compile(compiled_head, fullgraph=True, backend="aot_eager")
     x, y = torch.randn(5, D), torch.randint(C, (5,))
     with companion.value_checks(False):
+        head = getattr(M, name)(D, C)
         with count_host_syncs() as syncs:
-            getattr(M, name)(D, C)(x, y).backward()
+            head(x, y).backward()
+            head.step()
         assert syncs() == 0
         for _ in range(3):
             torch.testing.assert_close(compiled(x, y), eager(x, y), rtol=1e-4, atol=1e-5)
+            eager.step()
+            compiled_head.step()
     assert int(eager.iteration) == int(compiled_head.iteration) == 3
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # step() recompiles nothing
+
+
+# ------------------------------------------------------------------------------------------
+# issue 17: the schedule under checkpointing, and the AMP pattern
+# ------------------------------------------------------------------------------------------
+
+SCHEDULED = ["LSoftmaxLoss", "ASoftmaxLoss"]
+HEAD_CLASSES = ["LSoftmaxLoss", "ASoftmaxLoss", "AMSoftmaxLoss", "ArcFaceLoss"]
+
+
+def _training_step(
+    head: torch.nn.Module, body: torch.nn.Module, x: Tensor, y: Tensor, mode: str
+) -> tuple[Tensor, list[Tensor]]:
+    """One training step (forward, backward, ``head.step()``): the loss and every gradient."""
+    from torch.utils.checkpoint import checkpoint
+
+    for p in (*body.parameters(), *head.parameters()):
+        p.grad = None
+
+    def run(inputs: Tensor) -> Tensor:
+        out: Tensor = head(body(inputs), y)
+        return out
+
+    if mode == "plain":
+        loss = run(x)
+    else:
+        loss = checkpoint(run, x, use_reentrant=mode == "reentrant")
+    loss.backward()
+    head.step()
+    grads = [p.grad.clone() for p in (*body.parameters(), *head.parameters())]
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("mode", ["non-reentrant", "reentrant"])
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_checkpointed_head_advances_once_per_step_with_the_plain_gradient(
+    name: str, mode: str
+) -> None:
+    """torch.utils.checkpoint runs the forward twice: the schedule must not see it."""
+    x, y = _data(21)
+    x.requires_grad_(True)  # the reentrant variant needs an input that requires grad
+    torch.manual_seed(0)
+    body = torch.nn.Linear(D, D, dtype=F64)
+    fast = M.LambdaSchedule(base=10.0, gamma=1.0, power=1.0, lambda_min=0.0)  # moves each step
+    torch.manual_seed(1)
+    plain = getattr(M, name)(D, C, schedule=fast, dtype=F64)
+    torch.manual_seed(1)
+    checkpointed = getattr(M, name)(D, C, schedule=fast, dtype=F64)
+    for step in range(3):
+        want, grads_want = _training_step(plain, body, x, y, "plain")
+        got, grads_got = _training_step(checkpointed, body, x, y, mode)
+        assert int(plain.iteration) == int(checkpointed.iteration) == step + 1
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        for g, w in zip(grads_got, grads_want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_schedule_advances_by_step_not_by_forward_pass(name: str) -> None:
+    """Gradient accumulation: micro-batches of one step share lambda; step() moves it once."""
+    x, y = _data(22)
+    head = getattr(M, name)(D, C, schedule=M.SPHEREFACE_SCHEDULE, dtype=F64)
+    first = head(x[:6], y[:6])
+    second = head(x[6:], y[6:])
+    (first + second).backward()
+    assert int(head.iteration) == 0 and head.lambda_ == M.SPHEREFACE_SCHEDULE(0)
+    lam = torch.tensor(head.lambda_, dtype=F64)
+    want = getattr(M, name)(D, C, schedule=None, dtype=F64)
+    want.load_state_dict(head.state_dict())
+    logits, norm = want._logits_and_norm(x[:6], y[:6])
+    functional = M.large_margin_softmax_loss if name == "LSoftmaxLoss" else None
+    if functional is not None:
+        torch.testing.assert_close(first, functional(logits, y[:6], norm, 4, lam))
+    head.step()
+    assert int(head.iteration) == 1 and head.lambda_ == M.SPHEREFACE_SCHEDULE(1)
+    head.step()
+    assert int(head.iteration) == 2
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_a_forgotten_step_is_reported_once(name: str) -> None:
+    """Training forward passes without step() leave lambda at its start: a warning says so."""
+    import warnings
+
+    x, y = _data(23)
+    head = getattr(M, name)(D, C, dtype=F64)
+    with pytest.warns(UserWarning, match=r"call step\(\) once per training step"):
+        for _ in range(M.STEP_REMINDER_AFTER):
+            head(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2 * M.STEP_REMINDER_AFTER):
+            head(x, y)  # once only
+        stepped = getattr(M, name)(D, C, dtype=F64)
+        for _ in range(2 * M.STEP_REMINDER_AFTER):
+            stepped(x, y)
+            stepped.step()
+        for _ in range(2 * M.STEP_REMINDER_AFTER):
+            getattr(M, name)(D, C, schedule=None, dtype=F64)(x, y)  # nothing to advance
+
+
+@pytest.mark.parametrize("name", HEAD_CLASSES)
+def test_float32_head_takes_features_from_an_autocast_backbone(name: str) -> None:
+    """The AMP pattern: backbone under autocast (bfloat16 features), head weights float32."""
+    torch.manual_seed(0)
+    body = torch.nn.Linear(D, D)
+    head = getattr(M, name)(D, C)
+    x, y = torch.randn(B, D), torch.randint(C, (B,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = body(x)
+        assert features.dtype == torch.bfloat16
+        loss = head(features, y)
+    assert loss.dtype == torch.float32
+    g_features, g_weight = torch.autograd.grad(loss, (features, head.weight))
+    assert g_features.dtype == torch.bfloat16 and g_weight.dtype == torch.float32
+    # exactly the float32 computation on the upcast features, outside autocast
+    up = features.detach().float().requires_grad_(True)
+    want = head(up, y)
+    w_features, w_weight = torch.autograd.grad(want, (up, head.weight))
+    torch.testing.assert_close(loss, want, rtol=0, atol=0)
+    torch.testing.assert_close(g_weight, w_weight, rtol=0, atol=0)
+    torch.testing.assert_close(g_features, w_features.to(torch.bfloat16), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head.logits(features).dtype == torch.float32
+        assert head.cosine(features).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("name", HEAD_CLASSES)
+def test_float32_head_takes_half_features(name: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    head = getattr(M, name)(D, C)
+    x, y = torch.randn(B, D).to(dtype).requires_grad_(True), torch.randint(C, (B,))
+    loss = head(x, y)
+    assert loss.dtype == torch.float32
+    (g,) = torch.autograd.grad(loss, x)
+    assert g.dtype == dtype
+    up = x.detach().float().requires_grad_(True)
+    want = head(up, y)
+    torch.testing.assert_close(loss, want, rtol=0, atol=0)
+    torch.testing.assert_close(g, torch.autograd.grad(want, up)[0].to(dtype), rtol=0, atol=0)
+
+
+def test_head_never_casts_its_weight_down() -> None:
+    head = M.ArcFaceLoss(D, C)
+    y = torch.randint(C, (B,))
+    with pytest.raises(TypeError, match=r"^features must have the same dtype as weight"):
+        head(torch.randn(B, D, dtype=F64), y)
+    with pytest.raises(ValueError, match=r"^features must be on the same device as weight"):
+        head(torch.randn(B, D, device="meta"), y)
+    half = M.ArcFaceLoss(D, C, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"^features must have the same dtype as weight"):
+        half(torch.randn(B, D), y)

@@ -135,3 +135,77 @@ def test_reduce_loss_matches_torch_weighted_mean(reduction: str) -> None:
 def test_reduce_loss_rejects_unknown_reduction() -> None:
     with pytest.raises(ValueError, match=r"reduction must be one of .* got 'avg'"):
         v.reduce_loss(torch.zeros(2), "avg")
+
+
+# ------------------------------------------------------------------------------------------
+# issue 17: half-precision reductions, the AMP head rule, meta and fake tensors
+# ------------------------------------------------------------------------------------------
+
+
+def test_weighted_mean_of_float16_losses_does_not_overflow() -> None:
+    """The sum of 10,000 losses of 10 is 100,000 > 65,504: it must not reach float16."""
+    loss = torch.full((10_000,), 10.0, dtype=torch.float16)
+    out = v.reduce_loss(loss, "mean", torch.ones(10_000, dtype=torch.float16))
+    assert out.dtype == torch.float16 and out.item() == 10.0
+    assert v.reduce_loss(loss, "mean").item() == 10.0
+    assert v.reduce_loss(loss, "none").dtype == torch.float16
+
+
+def test_head_dtype_input_casts_lower_precision_features_up() -> None:
+    from companion._numerics import head_dtype_input
+
+    weight = torch.zeros(3, 4)
+    same = torch.randn(2, 4)
+    assert head_dtype_input(same, weight) is same
+    for dtype in (torch.bfloat16, torch.float16):
+        half = torch.randn(2, 4).to(dtype).requires_grad_(True)
+        up = head_dtype_input(half, weight)
+        assert up.dtype == torch.float32 and torch.equal(up, half.float())
+        (g,) = torch.autograd.grad(up.sum(), half)
+        assert g.dtype == dtype  # the gradient flows back in the features' dtype
+    assert head_dtype_input(same, weight.double()).dtype == torch.float64
+    with pytest.raises(TypeError, match=r"^features must have the same dtype as weight"):
+        head_dtype_input(same.double(), weight)  # never cast the head down
+    with pytest.raises(TypeError, match=r"^features must have the same dtype as weight"):
+        head_dtype_input(same.half(), weight.bfloat16())  # neither holds the other
+    with pytest.raises(ValueError, match=r"^features must be on the same device as weight"):
+        head_dtype_input(same.to("meta"), weight)
+    with pytest.raises(TypeError, match=r"^x must have the same dtype as w "):
+        head_dtype_input(same.double(), weight, name="x", weight_name="w")
+
+
+@pytest.mark.parametrize("where", ["meta", "fake"])
+def test_value_checks_skip_meta_and_fake_tensors(where: str) -> None:
+    """Meta and fake tensors hold no values: value checks are skipped, as under compile."""
+    import contextlib
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import companion as cp
+
+    device = "meta" if where == "meta" else "cpu"
+    mode = FakeTensorMode() if where == "fake" else contextlib.nullcontext()
+    assert v.value_checks_enabled()
+    with mode:
+        x = torch.randn(6, 4, device=device)
+        y = torch.randn(6, 4, device=device)
+        t = torch.randint(5, (6,), device=device)
+        losses = [
+            cp.cross_entropy(torch.randn(6, 5, device=device), t),
+            cp.contrastive_loss(x, y, t > 2),
+            cp.triplet_loss(x, y, x.flip(0)),
+            cp.info_nce_loss(x, y),
+            cp.supervised_contrastive_loss(x, t),
+            cp.additive_angular_margin_loss(torch.rand(6, 5, device=device), t),
+            cp.large_margin_softmax_loss(x @ y.T[:, :5], t, torch.rand(6, device=device)),
+            cp.ArcFaceLoss(4, 5, device=device)(x, t),
+            cp.ASoftmaxLoss(4, 5, device=device)(x, t),
+            cp.LSoftmaxLoss(4, 5, device=device)(x, t),
+        ]
+        assert v.value_checks_enabled(x) is False
+    for loss in losses:
+        assert loss.shape == ()
+        if where == "meta":
+            assert loss.device.type == "meta"
+    assert v.value_checks_enabled()
+    assert v.value_checks_enabled(torch.zeros(1))
