@@ -67,6 +67,12 @@ def _funcol() -> Any:
     return funcol
 
 
+def _done(x: Tensor) -> Tensor:
+    """A functional collective's result as a plain tensor (waited for), not a lazy wrapper."""
+    out: Tensor = _funcol().wait_tensor(x)
+    return out
+
+
 def resolve_group(group: ProcessGroup | None) -> tuple[int, int]:
     """``(rank, world_size)`` of this process in ``group``; ``(0, 1)`` for ``group=None``."""
     if group is None:
@@ -84,7 +90,7 @@ def _exchange_sizes(
 ) -> list[int]:
     sizes = torch.zeros(world, dtype=torch.long, device=device)
     sizes[rank] = local
-    sizes = _funcol().all_reduce(sizes, "sum", group)
+    sizes = _done(_funcol().all_reduce(sizes, "sum", group))
     return [int(v) for v in sizes.tolist()]  # the host sync that batch_sizes skips
 
 
@@ -120,7 +126,7 @@ def local_batch_sizes(
     if value_checks_enabled():
         real = _exchange_sizes(local, rank, world, group, device)
         wrong = torch.tensor([int(real != list(sizes))], device=device)
-        if int(_funcol().all_reduce(wrong, "max", group).item()):
+        if int(_done(_funcol().all_reduce(wrong, "max", group)).item()):
             raise ValueError(
                 f"batch_sizes must list every rank's real local batch size, the same list on "
                 f"every rank: the ranks' batches have sizes {real}, this rank got {list(sizes)}"
@@ -151,8 +157,7 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, group: ProcessGroup) -> Tensor:
-        out: Tensor = _funcol().all_reduce(x, "sum", group)
-        return out
+        return _done(_funcol().all_reduce(x, "sum", group))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -180,13 +185,15 @@ def gather_rows(x: Tensor, sizes: Sequence[int], group: ProcessGroup) -> Tensor:
     """
     world = len(sizes)
     padded = _pad_rows(x, max(sizes))
-    gathered = _funcol().all_gather_single_autograd(padded, 0, group)
+    gathered = _done(_funcol().all_gather_single_autograd(padded, 0, group))
     return _unpad_rows(_ScaleGradient.apply(gathered, float(world)), sizes)  # type: ignore[no-untyped-call]
 
 
 def gather_rows_no_grad(x: Tensor, sizes: Sequence[int], group: ProcessGroup) -> Tensor:
     """Every rank's ``x`` (targets, masks) stacked along dim 0, without gradient."""
-    return _unpad_rows(_funcol().all_gather_single(_pad_rows(x, max(sizes)), 0, group), sizes)
+    return _unpad_rows(
+        _done(_funcol().all_gather_single(_pad_rows(x, max(sizes)), 0, group)), sizes
+    )
 
 
 def all_gather_rows(x: Tensor, sizes: Sequence[int], group: ProcessGroup) -> Tensor:
@@ -198,7 +205,7 @@ def all_gather_rows(x: Tensor, sizes: Sequence[int], group: ProcessGroup) -> Ten
     rank = dist.get_rank(group)
     start = sum(sizes[:rank])
     gathered = _unpad_rows(
-        _funcol().all_gather_single(_pad_rows(x.detach(), max(sizes)), 0, group), sizes
+        _done(_funcol().all_gather_single(_pad_rows(x.detach(), max(sizes)), 0, group)), sizes
     )
     # value of the gathered vector, gradient of this rank's own rows only
     own = torch.zeros_like(gathered)
@@ -220,7 +227,7 @@ def combine_logsumexp(local: Tensor, group: ProcessGroup) -> Tensor:
     backward :math:`g\,e^{a_r - \mathrm{lse}}`, this rank's share of the softmax mass, with no
     collective. Entries that are ``-inf`` on every rank stay ``-inf``.
     """
-    top = _funcol().all_reduce(local.detach(), "max", group)
+    top = _done(_funcol().all_reduce(local.detach(), "max", group))
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     return top + torch.log(sum_over_ranks(torch.exp(local - top), group))
 

@@ -1,6 +1,6 @@
 """companion.contrastive: references, derived gradients, the tiled CLIP loss, extremes, bad input.
 
-The two-process test of the distributed CLIP loss is in test_contrastive_distributed.py.
+The multi-process test of the distributed CLIP loss is in test_distributed_contract.py.
 """
 
 from __future__ import annotations

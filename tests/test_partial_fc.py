@@ -1,6 +1,6 @@
 """companion.partial_fc: equal to the margin heads and to pytorch-metric-learning, sampled right.
 
-The multi-process tests are in tests/test_partial_fc_distributed.py; the end of this file runs
+The multi-process tests are in tests/test_distributed_contract.py; the end of this file runs
 the torchrun example for a few steps.
 """
 

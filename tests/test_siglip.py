@@ -1,6 +1,6 @@
 """companion.siglip: open_clip's formula, the tiles, gradients, the production contract, bad input.
 
-The ring across real processes is tested in test_siglip_distributed.py.
+The ring across real processes is tested in test_distributed_contract.py.
 """
 
 from __future__ import annotations
