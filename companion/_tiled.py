@@ -81,10 +81,11 @@ size nor recompiles for every new one.
 log-sum-exps, the sums and the gradient of :math:`W` accumulate in float32
 (:func:`companion._numerics.compute_dtype`); the statistics come out in float32 and the gradients
 in each input's dtype. The target logit and the log-sum-exp are read from the same rounded tile,
-so ``logaddexp(r, t) - t`` is never negative. **Autocast** is resolved once, at the entry: inside
-``torch.autocast`` the inputs are cast to its dtype (as :func:`torch.nn.functional.linear` would
-be) and the tile loops run with autocast off, so the forward and the backward pass see the same
-dtypes. **No host sync**: no ``.item()``, no boolean-mask indexing; rows are left out with masks.
+so ``logaddexp(r, t) - t`` is never negative. **Autocast** changes nothing: the products run in
+the promotion of the two operands' dtypes (:func:`product_inputs`) and the tile loops run with
+autocast off, so the forward and the backward pass see the same dtypes inside
+``torch.autocast`` or not (a head computes in its own precision, as everywhere in the package).
+**No host sync**: no ``.item()``, no boolean-mask indexing; rows are left out with masks.
 **Double backward** is refused with a clear error.
 
 **Tile sizes.** ``row_chunk`` rows and ``column_chunk`` columns per tile; ``None`` for both picks
@@ -103,14 +104,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from companion._numerics import compute_dtype, refuse_double_backward
+from companion._numerics import autocast_disabled, compute_dtype, refuse_double_backward
 
 __all__ = [
     "BLOCK_BYTES",
     "TILE_BYTES",
     "RowStatistics",
-    "autocast_inputs",
     "fused_row_loss",
+    "product_inputs",
     "resolve_chunks",
     "row_statistics",
 ]
@@ -283,7 +284,7 @@ def _stats_forward_impl(
     acc = compute_dtype(x.dtype)
     device = x.device
     n, v = x.shape[0], w.shape[0]
-    with torch.autocast(device.type, enabled=False):
+    with autocast_disabled(x):
         s = scale.to(x.dtype) if scale is not None else scale_value
         xs = x * s
         weights = _Weights(w, normalize)
@@ -448,7 +449,7 @@ def _stats_backward_impl(
     prod = x.dtype
     device = x.device
     n, v, d = x.shape[0], w.shape[0], x.shape[1]
-    with torch.autocast(device.type, enabled=False):
+    with autocast_disabled(x):
         s = scale.to(prod) if scale is not None else scale_value
         xs = x * s
         weights = _Weights(w, normalize)
@@ -535,6 +536,10 @@ def _stats_backward_impl(
                             torch.where(inside[b0:b1], t2, ws[sub_rows, ci[b0:b1]]),
                         )
                         gs.addcmul_(gs, ws, value=-1.0 / (softcap * softcap))
+                # the sparse target term: g_t at (i, y_i) for the rows owned in this tile
+                gt = torch.where(inside, g_t[r0:r1], torch.zeros_like(g_t[r0:r1]))
+                if explicit:
+                    g.index_put_((ri, ci), gt, accumulate=True)
                 g_mm = g if prod == acc else g.to(prod)
                 if gx is not None:
                     if explicit and prod == acc:
@@ -553,14 +558,15 @@ def _stats_backward_impl(
                         db[c0:c1] += g.sum(dim=0)
                     else:
                         db[c0:c1] += torch.mv(g.T, g_r[r0:r1])
-                # the sparse target term: g_t at (i, y_i) for the rows owned in this tile
-                gt = torch.where(inside, g_t[r0:r1], torch.zeros_like(g_t[r0:r1]))
+                if explicit:
+                    continue
+                # folded: the target term is added to the small operands
                 if gx is not None:
                     gx[r0:r1] += gt[:, None] * wt[ci].to(acc)
                 if dwt is not None:
-                    dwt.index_add_(0, ci, gt[:, None] * xs[r0:r1].to(acc))
+                    dwt.index_put_((ci,), gt[:, None] * xs[r0:r1].to(acc), accumulate=True)
                 if db is not None:
-                    db[c0:c1].index_add_(0, ci, gt)
+                    db[c0:c1].index_put_((ci,), gt, accumulate=True)
             # the smoothing term without a cap is rank one: g_rs_i v_j
             if g_rs is not None and vw is not None and softcap is None:
                 vt = vw[c0:c1]
@@ -794,7 +800,7 @@ def _fused_impl(
     prod = x.dtype
     device = x.device
     n, v, d = x.shape[0], w.shape[0], x.shape[1]
-    with torch.autocast(device.type, enabled=False):
+    with autocast_disabled(x):
         s = scale.to(prod) if scale is not None else scale_value
         xs = x * s
         b = bias.to(acc) if bias is not None else None
@@ -892,10 +898,10 @@ def _fused_impl(
                     dw.addmm_(p_mm.T, xr * coef[:, None])
                 else:
                     dw.add_(torch.mm(p_mm.T, xr * coef.to(prod)[:, None]))
-                dw.index_add_(0, ti, xr.to(acc) * (-dr)[:, None])
+                dw.index_put_((ti,), xr.to(acc) * (-dr)[:, None], accumulate=True)
             if db is not None:
                 db += torch.mv(p.T, coef)
-                db.index_add_(0, ti, -dr)
+                db.index_put_((ti,), -dr, accumulate=True)
         if e is not None and vw is not None and softcap is None:
             if dw is not None:
                 dw.addr_(vw, e @ xs.to(acc), alpha=-1.0)
@@ -1023,21 +1029,22 @@ _fused.register_autograd(_fused_autograd, setup_context=_fused_setup_context)
 # --------------------------------------------------------------------------------------------
 
 
-def autocast_inputs(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """The two operands of the product in one dtype, autocast resolved once.
+def product_inputs(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """The two operands of the product in one dtype: the promotion of theirs.
 
-    Inside ``torch.autocast`` both are cast to its dtype (as :func:`torch.nn.functional.linear`
-    would cast them); outside, to the promotion of their dtypes, so that a float32 head fed
-    bfloat16 features computes in float32 (the standard AMP pattern). The casts are ordinary
-    autograd ops: the gradients come back in each input's own dtype. The tile loops then run
-    with autocast off, so the forward and the backward pass see the same dtypes. A bias is
-    added in the accumulation dtype whatever its own.
+    A float32 head fed bfloat16 features (the standard AMP pattern) computes in float32; the casts
+    are ordinary autograd ops, so the gradients come back in each input's own dtype. An enclosing
+    :func:`torch.autocast` changes nothing: the tile loops run with autocast off, so the forward
+    and the backward pass see the same dtypes (the package's rule that a head computes in its own
+    precision, :func:`companion._numerics.head_dtype_input`). A bias is added in the accumulation
+    dtype whatever its own.
+
+    Examples:
+        >>> a, b = product_inputs(torch.ones(2, 3, dtype=torch.bfloat16), torch.ones(4, 3))
+        >>> a.dtype, b.dtype
+        (torch.float32, torch.float32)
     """
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-    else:
-        dtype = torch.promote_types(x.dtype, w.dtype)
+    dtype = torch.promote_types(x.dtype, w.dtype)
     return (x if x.dtype == dtype else x.to(dtype)), (w if w.dtype == dtype else w.to(dtype))
 
 
@@ -1101,7 +1108,7 @@ def row_statistics(
         >>> torch.allclose(loss, torch.nn.functional.cross_entropy(x @ w.T, y, reduction="none"))
         True
     """
-    x_c, w_c = autocast_inputs(x, w)
+    x_c, w_c = product_inputs(x, w)
     scale_t, scale_v = _scale_args(scale)
     rc, cc = resolve_chunks(row_chunk, column_chunk, w_c.shape[0])
     want_rowsum = rowsum is not False
@@ -1173,7 +1180,7 @@ def fused_row_loss(
         >>> torch.allclose(total, torch.nn.functional.cross_entropy(x @ w.T, y))
         True
     """
-    x_c, w_c = autocast_inputs(x, w)
+    x_c, w_c = product_inputs(x, w)
     scale_t, scale_v = _scale_args(scale)
     rc, cc = resolve_chunks(row_chunk, None, w_c.shape[0])
     if row_chunk is None and cc != 0:
