@@ -9,6 +9,7 @@ BUILD  := _build
 NBDIR  := $(BUILD)/notebooks
 NBCACHE := $(BUILD)/.jupyter_cache
 WHEELENV := $(BUILD)/wheel-venv
+PDF    := $(BUILD)/html/losses-derived.pdf
 # Chapters are the MyST notebooks under book/ (pages with a jupytext header).
 CHAPTERS = $(shell grep -l '^ *format_name: myst' book/*.md)
 JOBS   ?= 2
@@ -19,7 +20,7 @@ export PYTHONHASHSEED := 0
 unit nbval book page site-test: export OMP_NUM_THREADS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all setup book page test lint typecheck unit notebooks nbval site-test wheel-test bench clean
+.PHONY: all setup book pdf page test lint typecheck unit notebooks nbval site-test wheel-test bench clean
 
 all: book
 
@@ -35,10 +36,24 @@ setup: $(STAMP)
 # build's jupyter-cache (keyed on companion/ and the pins, see tools/nbcache.py); the build then
 # reads them from there (execute_notebooks: cache) instead of running the chapters again. It
 # re-reads every page (--all) and fails on any warning; a chapter missing from the cache is
-# executed by the build itself, and a cell error there fails it too.
+# executed by the build itself, and a cell error there fails it too. Then the PDF (below).
 book: nbval
 	$(BIN)/python tools/nbcache.py check $(NBCACHE)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
+	$(build_pdf)
+
+# The whole book as one PDF, linked from every page of the site: the single-page build, which
+# reuses the pages the site build has just read (nothing is read or executed again), printed
+# by Chromium once MathJax has typeset it (tools/pdf.py). `make pdf` redoes it after `make book`.
+define build_pdf
+$(BIN)/jupyter-book build . --builder singlehtml --warningiserror --keep-going > $(BUILD)/singlehtml.log 2>&1 \
+  || { cat $(BUILD)/singlehtml.log; exit 1; }
+$(BIN)/python tools/pdf.py $(BUILD)/singlehtml $(PDF)
+endef
+
+pdf: $(STAMP)
+	@test -f $(BUILD)/html/index.html || { echo "make pdf: run make book first"; exit 2; }
+	$(build_pdf)
 
 # A quick look at one chapter while writing it: the whole site is built into
 # _build/pages/NAME, but only PAGE and the errata are executed, so glue and figure references into
@@ -79,7 +94,7 @@ nbval: $(STAMP)
 	$(BIN)/python tools/nbcache.py store $$run/out $(NBCACHE) && exit $$status
 
 site-test: $(STAMP)
-	$(BIN)/pytest -q -m browser tests/test_site.py
+	$(BIN)/pytest -q -m browser tests/test_site.py tests/test_pdf.py
 
 # The package on its own: build the wheel, install it into a virtual environment that holds
 # nothing but torch and numpy (at the pinned versions, from the same package index as .venv),
@@ -103,6 +118,9 @@ wheel-test: $(STAMP)
 	  '^(companion|torch|numpy|filelock|typing.extensions|sympy|mpmath|networkx|jinja2|markupsafe|fsspec|setuptools)(==| @)')"; \
 	  test -z "$$extra" || { echo "wheel-test: unexpected packages in $(WHEELENV): $$extra"; exit 1; }
 	cd $(BUILD) && OMP_NUM_THREADS=1 $(abspath $(WHEELENV))/bin/python $(abspath tools/wheel_smoke.py)
+	@# the wheel's metadata carries companion.__version__ (pyproject.toml reads it from there)
+	@cd $(BUILD) && $(abspath $(WHEELENV))/bin/python -c "import companion, importlib.metadata as m; \
+	  v = m.version('companion'); assert v == companion.__version__, (v, companion.__version__)"
 
 test: lint typecheck unit book site-test wheel-test
 
