@@ -169,75 +169,139 @@ def _sigmoid_sweep(
     return total, d_q, d_k, d_s, d_b
 
 
-class _TiledSigmoid(torch.autograd.Function):
-    """:func:`_sigmoid_sweep` as an autograd function, as a sum or per row.
+# The tile sweep as custom ops, so that torch.compile sees one opaque node per pass: it neither
+# unrolls a loop whose length depends on the batch size nor recompiles for every new one.
 
-    For a sum (``per_row=False``) the gradients come out of the forward sweep: it computes
-    them along with the value (when some input needs one) and saves them (``B x D`` each); the
-    backward pass multiplies them by the incoming gradient, and nothing of the ``B x B`` matrix is
-    kept or rebuilt (three products in all). Per row (``reduction="none"``) the incoming
-    gradient differs from row to row, so the forward pass saves only the inputs and the backward
-    pass sweeps the tiles again with those row weights (five products).
-    """
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        queries: Tensor,
-        keys: Tensor,
-        scale: Tensor,
-        bias: Tensor,
-        offset: int,
-        chunk: int,
-        grads: bool,
-        per_row: bool,
-    ) -> Tensor:
-        ctx.offset, ctx.chunk, ctx.per_row = offset, chunk, per_row
-        if per_row:
-            totals, *_ = _sigmoid_sweep(queries, keys, scale, bias, offset, chunk, False)
-            ctx.save_for_backward(queries, keys, scale, bias)
-            return totals
-        totals, d_q, d_k, d_s, d_b = _sigmoid_sweep(
-            queries, keys, scale, bias, offset, chunk, grads
-        )
-        if grads:
-            ctx.save_for_backward(d_q, d_k, d_s, d_b)
-        return totals.sum()
+def _empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return like.new_empty((0,), dtype=dtype or like.dtype)
 
-    @staticmethod
-    def backward(
-        ctx: Any, grad_total: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
-        refuse_double_backward("siglip_loss")
-        need_q, need_k, need_s, need_b = ctx.needs_input_grad[:4]
-        if ctx.per_row:
-            queries, keys, scale, bias = ctx.saved_tensors
-            _, d_q, d_k, d_s, d_b = _sigmoid_sweep(
-                queries, keys, scale, bias, ctx.offset, ctx.chunk, True, row_weights=grad_total
-            )
-            assert d_q is not None and d_k is not None and d_s is not None and d_b is not None
-            return (
-                d_q if need_q else None,
-                d_k.to(keys.dtype) if need_k else None,
-                d_s.to(scale.dtype) if need_s else None,
-                d_b.to(bias.dtype) if need_b else None,
-                None,
-                None,
-                None,
-                None,
-            )
-        d_q, d_k, d_s, d_b = ctx.saved_tensors
-        g = grad_total
+
+@torch.library.custom_op("companion::sigmoid_tiles", mutates_args=())
+def _sigmoid_tiles(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    offset: int,
+    chunk: int,
+    grads: bool,
+    per_row: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-row totals (``per_row``) or their sum, and, for a sum with ``grads``, its gradients."""
+    forward_grads = grads and not per_row
+    totals, d_q, d_k, d_s, d_b = _sigmoid_sweep(
+        queries, keys, scale, bias, offset, chunk, forward_grads
+    )
+    value = totals if per_row else totals.sum()
+    if d_q is None or d_k is None or d_s is None or d_b is None:
+        acc = totals.dtype
+        return value, _empty(queries), _empty(keys, acc), _empty(totals), _empty(totals)
+    return value, d_q, d_k, d_s.reshape(1), d_b.reshape(1)
+
+
+@_sigmoid_tiles.register_fake
+def _(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    offset: int,
+    chunk: int,
+    grads: bool,
+    per_row: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    acc = compute_dtype(queries.dtype)
+    m = queries.shape[0]
+    value = queries.new_empty((m,) if per_row else (), dtype=acc)
+    if grads and not per_row:
         return (
-            d_q * g.to(d_q.dtype) if need_q else None,
-            (d_k * g.to(d_k.dtype)).to(d_q.dtype) if need_k else None,
-            (d_s * g.to(d_s.dtype)) if need_s else None,
-            (d_b * g.to(d_b.dtype)) if need_b else None,
-            None,
-            None,
-            None,
-            None,
+            value,
+            torch.empty_like(queries),
+            keys.new_empty(keys.shape, dtype=acc),
+            queries.new_empty((1,), dtype=acc),
+            queries.new_empty((1,), dtype=acc),
         )
+    return value, _empty(queries), _empty(keys, acc), _empty(value, acc), _empty(value, acc)
+
+
+@torch.library.custom_op("companion::sigmoid_tiles_backward", mutates_args=())
+def _sigmoid_tiles_backward(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    offset: int,
+    chunk: int,
+    row_weights: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of ``sum_i w_i totals_i``: the tiles swept again with the row weights."""
+    _, d_q, d_k, d_s, d_b = _sigmoid_sweep(
+        queries, keys, scale, bias, offset, chunk, True, row_weights=row_weights
+    )
+    assert d_q is not None and d_k is not None and d_s is not None and d_b is not None
+    return d_q, d_k.to(keys.dtype), d_s.reshape(1), d_b.reshape(1)
+
+
+@_sigmoid_tiles_backward.register_fake
+def _(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    offset: int,
+    chunk: int,
+    row_weights: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    acc = compute_dtype(queries.dtype)
+    return (
+        torch.empty_like(queries),
+        torch.empty_like(keys),
+        queries.new_empty((1,), dtype=acc),
+        queries.new_empty((1,), dtype=acc),
+    )
+
+
+def _sigmoid_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    queries, keys, scale, bias, offset, chunk, _grads, per_row = inputs
+    _, d_q, d_k, d_s, d_b = output
+    ctx.offset, ctx.chunk, ctx.per_row = offset, chunk, per_row
+    ctx.dtypes = (keys.dtype, scale.dtype, bias.dtype)
+    if per_row:
+        ctx.save_for_backward(queries, keys, scale, bias)
+    else:
+        ctx.save_for_backward(d_q, d_k, d_s, d_b)
+
+
+def _sigmoid_autograd(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    """Per row: the tiles again, with the incoming row gradients as weights (five products in
+    all); a sum: the gradients formed in the forward sweep, times the incoming scalar (three)."""
+    refuse_double_backward("siglip_loss")
+    need_q, need_k, need_s, need_b = ctx.needs_input_grad[:4]
+    keys_dtype, scale_dtype, bias_dtype = ctx.dtypes
+    if ctx.per_row:
+        queries, keys, scale, bias = ctx.saved_tensors
+        d_q, d_k, d_s, d_b = _sigmoid_tiles_backward(
+            queries, keys, scale, bias, ctx.offset, ctx.chunk, grad.to(compute_dtype(grad.dtype))
+        )
+    else:
+        d_q, d_k, d_s, d_b = ctx.saved_tensors
+        d_q = d_q * grad.to(d_q.dtype)
+        d_k = d_k * grad.to(d_k.dtype)
+        d_s, d_b = d_s * grad, d_b * grad
+    return (
+        d_q if need_q else None,
+        d_k.to(keys_dtype) if need_k else None,
+        d_s.reshape(()).to(scale_dtype) if need_s else None,
+        d_b.reshape(()).to(bias_dtype) if need_b else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_sigmoid_tiles.register_autograd(_sigmoid_autograd, setup_context=_sigmoid_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,9 +580,7 @@ def _sigmoid_rows(
         grads = torch.is_grad_enabled() and any(
             x.requires_grad for x in (queries, keys, scale, bias)
         )
-        out: Tensor = _TiledSigmoid.apply(  # type: ignore[no-untyped-call]
-            queries, keys, scale, bias, offset, chunk, grads, per_row
-        )
+        out: Tensor = _sigmoid_tiles(queries, keys, scale, bias, offset, chunk, grads, per_row)[0]
         return out
     acc = compute_dtype(queries.dtype)
     logits = (scale.to(queries.dtype) * (queries @ keys.T) + bias.to(queries.dtype)).to(acc)
