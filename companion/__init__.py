@@ -57,6 +57,11 @@ from companion.invented import (
     inverse_power_loss,
     target_log_prob,
 )
+from companion.linear import (
+    LinearCrossEntropyLoss,
+    linear_cross_entropy,
+    vocab_shard_range,
+)
 from companion.logistic import (
     LogisticRegression,
     add_intercept,
@@ -166,6 +171,7 @@ __all__ = [
     "LSoftmaxLoss",
     "LabelEmbeddingClassifier",
     "LambdaSchedule",
+    "LinearCrossEntropyLoss",
     "LogUniformSampler",
     "LogisticRegression",
     "MarginHead",
@@ -204,6 +210,7 @@ __all__ = [
     "inverse_power_loss",
     "l2_regularization",
     "large_margin_softmax_loss",
+    "linear_cross_entropy",
     "log1m_sigmoid",
     "log_loss",
     "log_sigmoid",
@@ -244,5 +251,6 @@ __all__ = [
     "triplet_loss",
     "value_checks",
     "value_checks_enabled",
+    "vocab_shard_range",
     "weighted_loss",
 ]

@@ -39,6 +39,7 @@ import companion
 from companion import contrastive as CT
 from companion import imbalance as IB
 from companion import invented as IV
+from companion import linear as LN
 from companion import logistic as LG
 from companion import margin as M
 from companion import minmax as MM
@@ -276,6 +277,24 @@ def _partial_fc_module(dtype: torch.dtype, reduction: str = "mean") -> nn.Module
     )
 
 
+def _vocabulary(dtype: torch.dtype) -> list[Any]:
+    """Hidden states, a 20-token output layer, targets (one ignored), a bias."""
+    target = _classes(c=20)
+    target[1] = -100
+    return [_randn(B, D, dtype=dtype), _randn(20, D, dtype=dtype, seed=6, scale=0.5), target, _randn(20, dtype=dtype, seed=7, scale=0.1)]  # fmt: skip
+
+
+def _linear_ce_options(x: Tensor, w: Tensor, t: Tensor, b: Tensor, reduction: str = "mean") -> Tensor:  # fmt: skip
+    """The options at once (class weights aside: with a z-loss, "mean" then has two
+    denominators), with tiles over the vocabulary (the rebuilding path)."""
+    out: Tensor = LN.linear_cross_entropy(x, w, t, linear_bias=b, reduction=reduction, label_smoothing=0.1, z_loss=1e-2, softcap=5.0, vocab_chunk_size=7)  # fmt: skip
+    return out
+
+
+def _linear_ce_module(dtype: torch.dtype, reduction: str = "mean") -> nn.Module:
+    return LN.LinearCrossEntropyLoss(reduction=reduction, z_loss=1e-3, chunk_size=4)
+
+
 def _unit_pair(dtype: torch.dtype) -> list[Any]:
     return [_unit(B, D, dtype=dtype), _unit(B, D, dtype=dtype, seed=3)]
 
@@ -318,6 +337,9 @@ CASES: dict[str, Case] = {
     "nce_loss": Case(_sampled(NC.nce_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
     "negative_sampling_loss": Case(_sampled(NC.negative_sampling_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
     "sampled_softmax_loss": Case(_sampled(NC.sampled_softmax_loss), _output_layer, floats=(0, 1, 3), class_target=2, production=True, num_classes=20),
+    "linear_cross_entropy": Case(LN.linear_cross_entropy, lambda dt: _vocabulary(dt)[:3], floats=(0, 1), class_target=2, production=True, num_classes=20, double_backward=False, kwargs={"chunk_size": 4}, count=lambda a: int((a[2] != -100).sum())),
+    "linear_cross_entropy, every option": Case(_linear_ce_options, _vocabulary, floats=(0, 1, 3), class_target=2, production=True, num_classes=20, double_backward=False, count=lambda a: int((a[2] != -100).sum())),
+    "LinearCrossEntropyLoss": Case(_linear_ce_module, lambda dt: _vocabulary(dt)[:3], floats=(0, 1), class_target=2, production=True, module=True, module_reduction=True, num_classes=20, double_backward=False, count=lambda a: int((a[2] != -100).sum())),
     "sampled_softmax_loss, sparse": Case(_sampled(NC.sampled_softmax_loss, sparse=True), _output_layer, floats=(0, 3), class_target=2, production=True, num_classes=20, low_precision=False),
     # contrast
     "contrastive_loss": Case(CT.contrastive_loss, lambda dt: [*_same_shape_pair(dt), (torch.rand(B, generator=_gen(4)) < 0.5).to(dt)], floats=(0, 1), mined=True),
@@ -671,7 +693,7 @@ def test_compiles_with_fullgraph_and_equals_eager(name: str) -> None:
 
 def test_every_public_loss_is_in_the_registry() -> None:
     """A new loss joins the contract by one registry line; this test makes sure it does."""
-    modules = [LG, SM, ML, Z, IV, NC, CT, M, MM, PF, SG, IB]
+    modules = [LG, SM, ML, Z, IV, NC, CT, M, MM, PF, SG, IB, LN]
     names = {
         name
         for module in modules

@@ -84,6 +84,7 @@ MODULE_FUNCTIONS: dict[str, tuple[str, set[str]]] = {
     "ClipLoss": ("clip_loss", {"logit_scale"}),
     "SigLipLoss": ("siglip_loss", {"logit_scale", "logit_bias"}),
     "PartialFC": ("partial_fc_loss", {"weight", "num_classes"}),
+    "LinearCrossEntropyLoss": ("linear_cross_entropy", set()),
     "LabelEmbeddingClassifier": ("min_max_loss", {"features", "weight"}),
 }
 
