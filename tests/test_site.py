@@ -2,28 +2,39 @@
 
 Run after `make book` (make test does). Every chapter page must load without console errors,
 render its math with the bundled MathJax, show every figure as a captioned image of non-zero
-size, and link to the next page. Without Chromium the test skips with the reason, except under
-CI=true.
+size, and link to the next page. The site shows the package's version and links the PDF of the
+whole book; dark mode is one click away and keeps figures and code legible; the API page
+documents every public name of every module. Without Chromium the test skips with the reason,
+except under CI=true.
 """
 
 from __future__ import annotations
 
 import http.server
+import importlib
+import io
 import os
+import pkgutil
+import re
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
+
+import companion
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("SITE_HTML", ROOT / "_build" / "html"))
 CHROMIUM = "/usr/bin/chromium"
+PDF = "losses-derived.pdf"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -181,3 +192,151 @@ def test_download_button_offers_the_notebook(site: str, page: Tab) -> None:
     assert ipynb, links
     response = page.request.get(f"{site}/book/{ipynb[0]}")
     assert response.ok and '"cells"' in response.text()
+
+
+def test_intro_shows_the_version_links_the_pdf_and_says_how_to_cite(site: str, page: Tab) -> None:
+    version = companion.__version__
+    open_page(page, f"{site}/book/intro.html")
+    assert f"version {version}" in page.locator("article").inner_text()
+    assert f"version {version}" in page.locator("p.book-version").inner_text()  # every page
+    bibtex = page.locator("#how-to-cite pre").first.inner_text()
+    assert bibtex.startswith("@misc{") and "Losses, Derived" in bibtex, bibtex
+    assert re.search(rf"version\s*=\s*\{{{re.escape(version)}\}}", bibtex), bibtex
+    links = set(page.eval_on_selector_all("a.book-pdf-link", "els => els.map(e => e.href)"))
+    assert links == {f"{site}/{PDF}"}, links  # the intro's paragraph and the footer
+    response = page.request.get(f"{site}/{PDF}")
+    assert response.ok and response.headers["content-type"] == "application/pdf"
+    assert response.body().startswith(b"%PDF-")
+    assert page.errors == []
+
+
+def test_download_menu_offers_the_whole_book_as_pdf(site: str, page: Tab) -> None:
+    open_page(page, f"{site}/book/sigmoid.html")
+    links = page.eval_on_selector_all(".dropdown-download-buttons a", "els => els.map(e => e.href)")
+    assert f"{site}/{PDF}" in links, links
+
+
+def luminance_map(rgb: np.ndarray) -> np.ndarray:
+    """WCAG 2 relative luminance of sRGB colours (channels 0..255 on the last axis)."""
+    c = rgb[..., :3] / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def relative_luminance(rgb: tuple[float, ...]) -> float:
+    return float(luminance_map(np.array(rgb, dtype=np.float64)))
+
+
+def contrast(a: float, b: float) -> float:
+    """WCAG contrast ratio of two relative luminances (4.5 is the minimum for body text)."""
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+def css_rgb(colour: str) -> tuple[float, ...]:
+    channels = re.findall(r"[\d.]+", colour)
+    return tuple(float(c) for c in channels[:3])
+
+
+# The text colour of every run of code (source and outputs, and inline code), with the
+# background it is drawn on: the nearest ancestor whose background is not transparent.
+CODE_COLOURS = """() => {
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = getComputedStyle(el).backgroundColor;
+      if (c !== 'transparent' && !/^rgba\\(.*,\\s*0\\)$/.test(c)) return c;
+    }
+    return getComputedStyle(document.documentElement).backgroundColor;
+  };
+  const seen = {};
+  for (const el of document.querySelectorAll('article pre, article pre span, article code')) {
+    if (!el.textContent.trim()) continue;
+    const pair = getComputedStyle(el).color + ' on ' + background(el);
+    seen[pair] = seen[pair] || el.textContent.trim().slice(0, 30);
+  }
+  return Object.entries(seen);
+}"""
+
+
+def test_dark_mode_is_one_click_away_and_keeps_figures_and_code_legible(
+    site: str, browser: Any
+) -> None:
+    """A first visit on a light system, the header's switcher clicked once, the page reloaded.
+
+    The site's default mode is "auto" (the system's setting), so one click gives the dark
+    theme and the reload keeps it (localStorage). Each figure is photographed as the reader
+    sees it: its background must be light, with dark marks on it (axes, text) at a contrast of
+    at least 4.5; every colour of code text must keep a contrast of 4.5 with its background.
+    """
+    context = browser.new_context(color_scheme="light")
+    page = Tab(context.new_page())
+    try:
+        open_page(page, f"{site}/book/sigmoid.html")
+        theme = "document.documentElement.dataset.theme"
+        assert page.evaluate(theme) == "light"
+        switch = page.locator("button.theme-switch-button").first
+        assert switch.is_visible()
+        switch.click()
+        assert page.evaluate(theme) == "dark"
+        page.reload(wait_until="networkidle")
+        assert page.evaluate(theme) == "dark"
+        page.wait_for_function("[...document.images].every(i => i.complete)")
+        figures = page.locator("article figure img")
+        assert figures.count() >= 1
+        for i in range(figures.count()):
+            shot = Image.open(io.BytesIO(figures.nth(i).screenshot())).convert("RGB")
+            levels = np.sort(luminance_map(np.asarray(shot, dtype=np.float64)), axis=None)
+            background = float(np.median(levels))
+            darkest = float(levels[len(levels) // 200])  # the darkest 0.5 %: axes, text
+            assert background > 0.7, f"figure {i + 1}: background luminance {background:.2f}"
+            assert contrast(background, darkest) >= 4.5, f"figure {i + 1}: marks too faint"
+        for pair, sample in page.evaluate(CODE_COLOURS):
+            colour, background = pair.split(" on ")
+            ratio = contrast(
+                relative_luminance(css_rgb(colour)), relative_luminance(css_rgb(background))
+            )
+            assert ratio >= 4.5, f"code {sample!r}: {pair}, contrast {ratio:.1f} in dark mode"
+        assert page.errors == []
+    finally:
+        context.close()
+
+
+def test_a_first_visit_on_a_dark_system_gets_the_dark_theme(site: str, browser: Any) -> None:
+    context = browser.new_context(color_scheme="dark")
+    page = Tab(context.new_page())
+    try:
+        open_page(page, f"{site}/book/intro.html")
+        assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+        assert page.errors == []  # no "Got invalid theme mode" on a first visit
+    finally:
+        context.close()
+
+
+def public_modules() -> list[str]:
+    """Every public module of the package (not the private helpers such as _validate)."""
+    return sorted(
+        f"companion.{info.name}"
+        for info in pkgutil.iter_modules(companion.__path__)
+        if not info.name.startswith("_")
+    )
+
+
+def test_api_page_documents_every_public_name_of_every_module() -> None:
+    """Each public module has its section and each name of its __all__ an entry (an anchor
+    named after the object); each name of the package's own __all__ is documented somewhere."""
+    api = HTML / "book" / "api.html"
+    if not api.exists():
+        pytest.fail(f"{api} is missing: run `make book` first")
+    anchors = set(re.findall(r'\bid="([^"]+)"', api.read_text(encoding="utf-8")))
+    missing = []
+    for name in public_modules():
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", None)
+        assert public is not None, f"{name} has no __all__: its public names are not declared"
+        if f"module-{name}" not in anchors:
+            missing.append(f"{name} (the module)")
+        missing += [f"{name}.{obj}" for obj in public if f"{name}.{obj}" not in anchors]
+    documented = {
+        anchor.rsplit(".", 1)[-1] for anchor in anchors if anchor.startswith("companion.")
+    }
+    missing += [f"companion.{obj}" for obj in companion.__all__ if obj not in documented]
+    assert not missing, f"not documented on the API page: {missing}"

@@ -117,7 +117,10 @@ def render(singlehtml: Path, pdf: Path) -> None:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": TEXT_WIDTH_PX, "height": 1000})
+            # the light theme, whatever the system's setting (the site's default mode is "auto")
+            context = browser.new_context(
+                viewport={"width": TEXT_WIDTH_PX, "height": 1000}, color_scheme="light"
+            )
             page = context.new_page()
             page.emulate_media(media="print")
             page.set_default_timeout(TIMEOUT_MS)
