@@ -11,9 +11,11 @@ and opened in headless Chromium; the PDF is printed only after MathJax has types
 (its startup promise), the web fonts have loaded and every image has decoded, and the script
 fails on a formula MathJax could not typeset, a console error or a missing file, so a broken
 page never becomes a PDF quietly. The print layout (no sidebars or buttons, hidden cells stay
-hidden, figures not split across pages) is the site's own print style sheet,
-book/_static/losses-derived.css. The PDF has an outline (bookmarks) from the headings and page
-numbers in the footer.
+hidden, code wrapped, each chapter on a new page, figures not split across pages) is the site's
+own print style sheet, book/_static/losses-derived.css; display equations and tables wider than
+the text are shrunk to fit it here. A4, the page scaled to 85 %, an outline (bookmarks) from the
+headings and page numbers in the footer. Without Chromium it prints nothing and says so (an
+error under CI=true), as the site test skips.
 """
 
 from __future__ import annotations
