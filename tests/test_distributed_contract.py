@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import companion
 from companion.contrastive import ClipLoss
+from companion.linear import LinearCrossEntropyLoss
 from companion.partial_fc import PartialFC, shard_range
 from companion.siglip import SigLipLoss
 from tests.distributed import gradients, run_processes
@@ -77,6 +78,31 @@ def _partial_fc(classes: int = CLASSES, **options: Any) -> Callable[[Any, int, i
     return make
 
 
+class VocabularyHead(nn.Module):
+    """A language-model head over a vocabulary of ``CLASSES`` tokens, split over the ranks: its
+    slice of the output layer (and bias) and :class:`LinearCrossEntropyLoss` (which does not own
+    the layer: a model does, often tied to its embedding)."""
+
+    def __init__(self, group: Any, world: int, rank: int, **options: Any) -> None:
+        super().__init__()
+        self.class_start, stop = shard_range(CLASSES, world, rank)
+        self.weight = nn.Parameter(_centres()[self.class_start : stop].clone())
+        bias = torch.linspace(-0.5, 0.5, CLASSES, dtype=F64)[self.class_start : stop]
+        self.bias = nn.Parameter(bias.clone())
+        self.loss = LinearCrossEntropyLoss(group=group, num_classes=CLASSES, **options)
+
+    def forward(self, features: Tensor, target: Tensor, batch_sizes: Any = None) -> Tensor:
+        out: Tensor = self.loss(features, self.weight, target, self.bias, batch_sizes=batch_sizes)
+        return out
+
+
+def _vocabulary(**options: Any) -> Callable[[Any, int, int], nn.Module]:
+    def make(group: Any, world: int, rank: int) -> nn.Module:
+        return VocabularyHead(group, world, rank, **options)
+
+    return make
+
+
 def _clip(**options: Any) -> Callable[[Any, int, int], nn.Module]:
     def make(group: Any, world: int, rank: int) -> nn.Module:
         return ClipLoss(temperature=0.3, group=group, **options).double()
@@ -105,6 +131,9 @@ CASES: dict[str, Case] = {
     "partial_fc, full logits, arcface": Case(_partial_fc(), pairs=False, sizes="equal"),
     "partial_fc, chunks of 2, cosface": Case(_partial_fc(chunk_size=2, margin=(1.0, 0.0, 0.35)), pairs=False, sizes="unequal"),
     "partial_fc, chunks of 5, per row": Case(_partial_fc(chunk_size=5, reduction="none"), pairs=False, sizes="unequal"),
+    "linear_cross_entropy, token tiles of 5": Case(_vocabulary(chunk_size=5), pairs=False, sizes="unequal"),
+    "linear_cross_entropy, every option, vocabulary tiles of 4, per token": Case(_vocabulary(vocab_chunk_size=4, reduction="none", label_smoothing=0.1, z_loss=0.01, softcap=3.0, weight=torch.linspace(0.5, 1.5, CLASSES, dtype=F64)), pairs=False, sizes="unequal"),
+    "linear_cross_entropy, smoothing and z-loss, mean": Case(_vocabulary(label_smoothing=0.2, z_loss=0.01), pairs=False, sizes="equal"),
 }
 # fmt: on
 
@@ -265,6 +294,8 @@ def test_every_distributed_loss_has_a_case() -> None:
         "clip_loss": "ClipLoss",
         "siglip_loss": "SigLipLoss",
         "partial_fc_loss": "PartialFC",
+        "linear_cross_entropy": "VocabularyHead",
+        "LinearCrossEntropyLoss": "VocabularyHead",
     }
     for name in distributed:
         assert functions.get(name, name) in covered, f"{name} takes group= but has no case"
