@@ -132,7 +132,11 @@ def _reduce_mined(loss: Tensor, reduction: str) -> Tensor:
 
 
 def contrastive_loss(
-    x1: Tensor, x2: Tensor, same: Tensor, margin: float = 1.0, reduction: Reduction = "mean"
+    input1: Tensor,
+    input2: Tensor,
+    target: Tensor,
+    margin: float = 1.0,
+    reduction: Reduction = "mean",
 ) -> Tensor:
     r"""The contrastive loss of Hadsell, Chopra and LeCun (2006) on pairs of embeddings.
 
@@ -144,7 +148,7 @@ def contrastive_loss(
         \ell_i = y_i \, \tfrac12 d_i^2 + (1 - y_i) \, \tfrac12 \max(0, m - d_i)^2 .
 
     Matching pairs are pulled together; non-matching pairs are pushed apart only until they
-    are ``margin`` apart. The paper writes :math:`Y = 0` for a similar pair; here ``same`` is
+    are ``margin`` apart. The paper writes :math:`Y = 0` for a similar pair; here ``target`` is
     1 (or True) for a similar pair, which reads more naturally.
 
     **No pairs.** When a miner finds no pair (``B = 0``), the loss is 0 for ``"mean"`` and
@@ -152,13 +156,14 @@ def contrastive_loss(
     pass runs and gives zero gradients, so training goes on (as in pytorch-metric-learning).
 
     Args:
-        x1, x2: embeddings, same dtype and device.
-        same: bool or 0/1 numbers: 1 where the pair matches.
+        input1, input2: embeddings, same dtype and device (the names of
+            :func:`torch.nn.functional.cosine_embedding_loss`).
+        target: bool or 0/1 numbers: 1 where the pair matches.
         margin: :math:`m > 0`, the distance beyond which a non-matching pair costs nothing.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
     Shape:
-        - x1, x2: ``(B, D)``; same: ``(B,)``.
+        - input1, input2: ``(B, D)``; target: ``(B,)``.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Examples:
@@ -169,11 +174,11 @@ def contrastive_loss(
         >>> contrastive_loss(x1, x2, torch.tensor([True, False]), reduction="none")
         tensor([0.5000, 0.1250])
     """
-    _check_pair(x1, "x1", x2, "x2", mined=True)
-    same_f = _binary_mask(same, "same", x1)
+    _check_pair(input1, "input1", input2, "input2", mined=True)
+    same_f = _binary_mask(target, "target", input1)
     check_positive(margin, "margin")
     check_reduction(reduction)
-    diff = x1 - x2
+    diff = input1 - input2
     squared = diff.pow(2).sum(dim=1)
     # vector_norm's gradient at 0 is 0 (a subgradient), so identical non-matching pairs are safe
     distance = torch.linalg.vector_norm(diff, dim=1)
@@ -282,7 +287,7 @@ def info_nce_loss(
 
 def supervised_contrastive_loss(
     features: Tensor,
-    labels: Tensor,
+    target: Tensor,
     temperature: float = 0.1,
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -318,12 +323,12 @@ def supervised_contrastive_loss(
     Args:
         features: embeddings ``(N, D)``, or ``(N, V, D)`` for ``V`` views of each of ``N``
             samples (the views of sample ``n`` share its label, as in the paper's code).
-        labels: integer labels ``(N,)``, any values.
+        target: integer labels ``(N,)``, any values (equal labels make a positive pair).
         temperature: :math:`\tau > 0` (the paper uses 0.1).
         reduction: ``"none"``, ``"mean"`` (over anchors with a positive) or ``"sum"``.
 
     Shape:
-        - features: ``(N, D)`` or ``(N, V, D)``; labels: ``(N,)``.
+        - features: ``(N, D)`` or ``(N, V, D)``; target: ``(N,)``.
         - output: scalar, or ``(N,)`` (``(N * V,)`` with views, view-major: all first views,
           then all second views) with ``reduction="none"``.
 
@@ -341,7 +346,7 @@ def supervised_contrastive_loss(
     check_positive(temperature, "temperature")
     check_reduction(reduction)
     n = features.shape[0]
-    y = check_integer_labels(labels, "labels", n, features)
+    y = check_integer_labels(target, "target", n, features)
     if features.dim() == 3:
         views = features.shape[1]
         z = features.transpose(0, 1).reshape(n * views, features.shape[2])

@@ -346,7 +346,7 @@ def _blend(m: float, lambda_: float | Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def large_margin_softmax_loss(
-    logits: Tensor,
+    input: Tensor,
     target: Tensor,
     target_norm: Tensor,
     margin: float = 4,
@@ -367,7 +367,7 @@ def large_margin_softmax_loss(
     (see :class:`LambdaSchedule`).
 
     Args:
-        logits: ``(B, C)`` plain logits :math:`W x` (no bias).
+        input: ``(B, C)`` plain logits :math:`W x` (no bias).
         target: ``(B,)`` class indices.
         target_norm: ``(B,)`` the products :math:`\|W_{y_i}\|\,\|x_i\|`.
         margin: :math:`m \ge 1`; an integer uses the Chebyshev polynomial (no ``acos``).
@@ -381,7 +381,7 @@ def large_margin_softmax_loss(
     Networks*, ICML 2016.
 
     Shape:
-        - logits: ``(B, C)``; target: ``(B,)`` int64 or int32; target_norm: ``(B,)``.
+        - input: ``(B, C)``; target: ``(B,)`` int64 or int32; target_norm: ``(B,)``.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Examples:
@@ -394,31 +394,32 @@ def large_margin_softmax_loss(
         >>> torch.allclose(margin_one, F.cross_entropy(x @ w.T, y))  # m = 1 is plain softmax
         True
     """
-    check_tensor(logits, "logits", ndim=2)
-    check_finite(logits, "logits")
+    check_tensor(input, "input", ndim=2)
+    check_finite(input, "input")
     check_reduction(reduction)
     m = _check_multiplicative_margin(margin)
     lam = _check_lambda(lambda_)
-    target = _check_class_target(target, logits)
+    target = _check_class_target(target, input)
     check_tensor(target_norm, "target_norm", ndim=1)
-    check_shape(target_norm, "target_norm", (logits.shape[0],))
-    check_same_dtype_device(logits, "logits", target_norm, "target_norm")
-    if value_checks_enabled(logits, target_norm):
+    check_shape(target_norm, "target_norm", (input.shape[0],))
+    check_same_dtype_device(input, "input", target_norm, "target_norm")
+    if value_checks_enabled(input, target_norm):
         check_in_range(target_norm, "target_norm", 0.0, math.inf, what="products of norms")
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        t = logits.detach()[rows, target]
+        rows = torch.arange(input.shape[0], device=input.device)
+        t = input.detach()[rows, target]
         if bool((t.abs() > target_norm.detach() * (1 + COSINE_TOLERANCE) + 1e-6).any()):
             raise ValueError(
-                "logits at the target must not exceed target_norm in absolute value (they are "
-                "|W_y| |x| cos(theta)); check that target_norm holds |W_y| |x| for each row"
+                "input at the target (a logit) must not exceed target_norm in absolute value "
+                "(the logits are |W_y| |x| cos(theta)); check that target_norm holds |W_y| |x| "
+                "for each row"
             )
     return _margin_cross_entropy(
-        logits, target, target_norm, _blend(m, lam), reduction, inplace=False
+        input, target, target_norm, _blend(m, lam), reduction, inplace=False
     )
 
 
 def angular_softmax_loss(
-    cosine: Tensor,
+    input: Tensor,
     target: Tensor,
     feature_norm: Tensor,
     margin: float = 4,
@@ -431,7 +432,7 @@ def angular_softmax_loss(
     :math:`\|x_i\|\,(\psi_m(\theta_{y_i}) + \lambda\cos\theta_{y_i}) / (1 + \lambda)`.
 
     Args:
-        cosine: ``(B, C)`` cosines between each feature and each (normalised) class weight.
+        input: ``(B, C)`` cosines between each feature and each (normalised) class weight.
         target: ``(B,)`` class indices.
         feature_norm: ``(B,)`` the feature norms :math:`\|x_i\|`.
         margin, lambda_, reduction: as in :func:`large_margin_softmax_loss`.
@@ -440,7 +441,7 @@ def angular_softmax_loss(
     Recognition*, CVPR 2017.
 
     Shape:
-        - cosine: ``(B, C)``; target: ``(B,)`` int64 or int32; feature_norm: ``(B,)``.
+        - input: ``(B, C)``; target: ``(B,)`` int64 or int32; feature_norm: ``(B,)``.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Examples:
@@ -452,23 +453,23 @@ def angular_softmax_loss(
         ...     cosine, y, norm, margin=1)  # the margin makes the target harder to win
         tensor(True)
     """
-    _check_cosine(cosine, "cosine", ndim=2)
+    _check_cosine(input, "input", ndim=2)
     check_reduction(reduction)
     m = _check_multiplicative_margin(margin)
     lam = _check_lambda(lambda_)
-    target = _check_class_target(target, cosine)
+    target = _check_class_target(target, input)
     check_tensor(feature_norm, "feature_norm", ndim=1)
-    check_shape(feature_norm, "feature_norm", (cosine.shape[0],))
-    check_same_dtype_device(cosine, "cosine", feature_norm, "feature_norm")
+    check_shape(feature_norm, "feature_norm", (input.shape[0],))
+    check_same_dtype_device(input, "input", feature_norm, "feature_norm")
     check_in_range(feature_norm, "feature_norm", 0.0, math.inf, what="norms")
-    logits = cosine * feature_norm[:, None]  # a new tensor: the margin may go in place
+    logits = input * feature_norm[:, None]  # a new tensor: the margin may go in place
     return _margin_cross_entropy(
         logits, target, feature_norm, _blend(m, lam), reduction, inplace=True
     )
 
 
 def additive_margin_softmax_loss(
-    cosine: Tensor,
+    input: Tensor,
     target: Tensor,
     margin: float = 0.35,
     scale: float = 30.0,
@@ -482,7 +483,7 @@ def additive_margin_softmax_loss(
             {e^{s(\cos\theta_{y_i} - m)} + \sum_{j \ne y_i} e^{s\cos\theta_j}}.
 
     Args:
-        cosine: ``(B, C)`` cosines between normalised features and normalised class weights.
+        input: ``(B, C)`` cosines between normalised features and normalised class weights.
         target: ``(B,)`` class indices.
         margin: :math:`m \ge 0`, subtracted from the target cosine.
         scale: :math:`s > 0`. Cosines lie in :math:`[-1, 1]`, so without a large :math:`s` the
@@ -493,7 +494,7 @@ def additive_margin_softmax_loss(
     Signal Processing Letters 2018; Wang et al., *CosFace*, CVPR 2018.
 
     Shape:
-        - cosine: ``(B, C)``; target: ``(B,)`` int64 or int32.
+        - input: ``(B, C)``; target: ``(B,)`` int64 or int32.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Examples:
@@ -505,16 +506,16 @@ def additive_margin_softmax_loss(
         ...                F.cross_entropy(30.0 * shifted, y))
         True
     """
-    _check_cosine(cosine, "cosine", ndim=2)
+    _check_cosine(input, "input", ndim=2)
     check_reduction(reduction)
     m = check_positive(margin, "margin", allow_zero=True)
     s = check_positive(scale, "scale")
-    target = _check_class_target(target, cosine)
-    return _margin_cross_entropy(cosine * s, target, s, lambda c: c - m, reduction, inplace=True)
+    target = _check_class_target(target, input)
+    return _margin_cross_entropy(input * s, target, s, lambda c: c - m, reduction, inplace=True)
 
 
 def additive_angular_margin_loss(
-    cosine: Tensor,
+    input: Tensor,
     target: Tensor,
     margin: float = 0.5,
     scale: float = 64.0,
@@ -526,7 +527,7 @@ def additive_angular_margin_loss(
     :math:`\cos\theta - m\sin m` beyond (see :func:`additive_angular_margin`).
 
     Args:
-        cosine: ``(B, C)`` cosines between normalised features and normalised class weights.
+        input: ``(B, C)`` cosines between normalised features and normalised class weights.
         target: ``(B,)`` class indices.
         margin: :math:`m` in **radians**, in :math:`[0, \pi)` (pytorch-metric-learning's
             ``ArcFaceLoss`` takes degrees).
@@ -537,7 +538,7 @@ def additive_angular_margin_loss(
     Recognition*, CVPR 2019.
 
     Shape:
-        - cosine: ``(B, C)``; target: ``(B,)`` int64 or int32.
+        - input: ``(B, C)``; target: ``(B,)`` int64 or int32.
         - output: scalar, or ``(B,)`` with ``reduction="none"``.
 
     Examples:
@@ -548,13 +549,13 @@ def additive_angular_margin_loss(
         >>> torch.allclose(no_margin, F.cross_entropy(64.0 * cosine, y))
         True
     """
-    _check_cosine(cosine, "cosine", ndim=2)
+    _check_cosine(input, "input", ndim=2)
     check_reduction(reduction)
     m = _check_additive_angular_margin(margin)
     s = check_positive(scale, "scale")
-    target = _check_class_target(target, cosine)
+    target = _check_class_target(target, input)
     return _margin_cross_entropy(
-        cosine * s, target, s, lambda c: _arc(c, m), reduction, inplace=True
+        input * s, target, s, lambda c: _arc(c, m), reduction, inplace=True
     )
 
 

@@ -451,11 +451,11 @@ def test_clip_bad_input(
 
 def test_other_bad_input() -> None:
     x = unit(4, 3, 30)
-    with pytest.raises(ValueError, match=r"same must hold the labels 0 and 1"):
+    with pytest.raises(ValueError, match=r"target must hold the labels 0 and 1"):
         C.contrastive_loss(x, x, torch.tensor([0.0, 1.0, 2.0, 1.0]))
-    with pytest.raises(ValueError, match=r"same must have shape \(4,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"target must have shape \(4,\), got \(3,\)"):
         C.contrastive_loss(x, x, torch.ones(3))
-    with pytest.raises(TypeError, match=r"same must be a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match=r"target must be a torch.Tensor, got list"):
         C.contrastive_loss(x, x, [1, 0, 1, 0])
     with pytest.raises(ValueError, match=r"margin must be a finite positive number, got -1.0"):
         C.triplet_loss(x, x, x, margin=-1.0)
@@ -655,11 +655,11 @@ def test_supcon_no_host_sync_and_compiles() -> None:
 def test_supcon_bad_input() -> None:
     z = unit(4, 3, 46)
     labels = torch.tensor([0, 0, 1, 1])
-    with pytest.raises(ValueError, match=r"labels must have shape \(4,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"target must have shape \(4,\), got \(3,\)"):
         C.supervised_contrastive_loss(z, labels[:3])
-    with pytest.raises(TypeError, match=r"labels must hold integer labels, got dtype torch.float"):
+    with pytest.raises(TypeError, match=r"target must hold integer labels, got dtype torch.float"):
         C.supervised_contrastive_loss(z, labels.float())
-    with pytest.raises(TypeError, match=r"labels must hold integer labels, got dtype torch.bool"):
+    with pytest.raises(TypeError, match=r"target must hold integer labels, got dtype torch.bool"):
         C.supervised_contrastive_loss(z, labels.bool())
     with pytest.raises(ValueError, match=r"features must have 2 or 3 dimension"):
         C.supervised_contrastive_loss(z[0], labels)
@@ -713,11 +713,11 @@ def test_no_mined_pairs_give_a_zero_loss_connected_to_the_graph(reduction: str) 
 
 def test_empty_feature_dimension_is_still_refused() -> None:
     empty = torch.zeros(3, 0)
-    with pytest.raises(ValueError, match=r"^x1 must not be empty"):
+    with pytest.raises(ValueError, match=r"^input1 must not be empty"):
         C.contrastive_loss(empty, empty, torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"^anchor must not be empty"):
         C.triplet_loss(empty, empty, empty)
-    with pytest.raises(ValueError, match=r"^same must have shape \(0,\)"):
+    with pytest.raises(ValueError, match=r"^target must have shape \(0,\)"):
         C.contrastive_loss(torch.zeros(0, 2), torch.zeros(0, 2), torch.ones(1, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"^query must not be empty"):
         C.info_nce_loss(torch.zeros(0, 2), torch.zeros(0, 2))  # not a mined-pairs loss

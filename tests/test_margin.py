@@ -542,14 +542,14 @@ def _functional_cases() -> list[tuple[Callable[[], object], type[Exception], str
         (
             lambda: M.additive_margin_softmax_loss(logits * 10, y),
             ValueError,
-            r"cosine must hold cosines in \[-1, 1\]",
+            r"input must hold cosines in \[-1, 1\]",
         ),
-        (lambda: M.additive_angular_margin_loss(cos[0], y), ValueError, r"cosine must have 2"),
+        (lambda: M.additive_angular_margin_loss(cos[0], y), ValueError, r"input must have 2"),
         (lambda: M.additive_angular_margin_loss(cos, y, reduction="x"), ValueError, "reduction"),
         (
             lambda: M.large_margin_softmax_loss(logits, y, norm / 10),
             ValueError,
-            r"logits at the target must not exceed target_norm",
+            r"input at the target \(a logit\) must not exceed target_norm",
         ),
         (
             lambda: M.large_margin_softmax_loss(logits, y, -norm),
@@ -564,7 +564,7 @@ def _functional_cases() -> list[tuple[Callable[[], object], type[Exception], str
         (
             lambda: M.large_margin_softmax_loss(logits, y, norm.double()),
             TypeError,
-            r"target_norm must have the same dtype as logits",
+            r"target_norm must have the same dtype as input",
         ),
         (
             lambda: M.large_margin_softmax_loss(logits, y, norm, lambda_=-1.0),

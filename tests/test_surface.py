@@ -41,6 +41,7 @@ HELPER_MODULES = {"data", "plot", "train", "metrics"}
 FIRST_PARAMETER = {
     # a pair (or triple) of embeddings, named as torch / open_clip name them
     "triplet_loss": "anchor, positive, negative, as torch.nn.functional.triplet_margin_loss",
+    "contrastive_loss": "input1, input2, as torch.nn.functional.cosine_embedding_loss",
     "info_nce_loss": "query and key embeddings, a pair",
     "clip_loss": "image_features and text_features, a pair (open_clip's names)",
     "soft_target_clip_loss": "image_features and text_features, a pair",
@@ -58,32 +59,23 @@ NOT_TARGET = {"labels", "label", "y", "targets"}
 #: Being renamed by their owners (issue 17, "One public surface"); shrink as the renames land.
 KNOWN: dict[str, set[str]] = {
     # rule -> the losses (or "Module.parameter") that break it today
-    "first parameter": {
-        "contrastive_loss",  # (x1, x2, same): recommended (input1, input2, target), as torch
-        "additive_angular_margin_loss",  # (cosine, target): recommended input
-        "additive_margin_softmax_loss",  # (cosine, target): recommended input
-        "angular_softmax_loss",  # (cosine, target, feature_norm): recommended input
-        "large_margin_softmax_loss",  # (logits, target, target_norm): recommended input
-    },
-    "target name": {
-        "supervised_contrastive_loss",  # (features, labels): recommended target
-    },
+    "first parameter": set(),
+    "target name": set(),
     "class matrix order": set(),
     "reduction": set(),
-    "module exposes its function": {
-        "PartialFC.return_sampled",  # a debugging flag (returns the sampled classes too)
-    },
+    "module exposes its function": set(),
 }
 
 #: Each public nn.Module loss, the function it calls, and the parameters it owns or computes.
 MODULE_FUNCTIONS: dict[str, tuple[str, set[str]]] = {
-    "ArcFaceLoss": ("additive_angular_margin_loss", {"cosine"}),
-    "AMSoftmaxLoss": ("additive_margin_softmax_loss", {"cosine"}),
-    "LSoftmaxLoss": ("large_margin_softmax_loss", {"logits", "target_norm", "lambda_"}),
-    "ASoftmaxLoss": ("angular_softmax_loss", {"cosine", "feature_norm", "lambda_"}),
+    "ArcFaceLoss": ("additive_angular_margin_loss", {"input"}),
+    "AMSoftmaxLoss": ("additive_margin_softmax_loss", {"input"}),
+    "LSoftmaxLoss": ("large_margin_softmax_loss", {"input", "target_norm", "lambda_"}),
+    "ASoftmaxLoss": ("angular_softmax_loss", {"input", "feature_norm", "lambda_"}),
     "ClipLoss": ("clip_loss", {"logit_scale"}),
     "SigLipLoss": ("siglip_loss", {"logit_scale", "logit_bias"}),
-    "PartialFC": ("partial_fc_loss", {"weight", "num_classes"}),
+    # the module keeps the kept classes in last_sampled instead of returning them
+    "PartialFC": ("partial_fc_loss", {"weight", "num_classes", "return_sampled"}),
     "LinearCrossEntropyLoss": ("linear_cross_entropy", set()),
     "LabelEmbeddingClassifier": ("min_max_loss", {"features", "weight"}),
 }
