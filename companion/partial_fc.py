@@ -85,8 +85,6 @@ __all__ = [
 
 Margin = tuple[float, float, float]
 
-#: ``F.normalize``'s default: a centre whose norm is below it is divided by it instead.
-_EPS = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +501,7 @@ def _partial_fc(
         active = F.embedding(kept, w, sparse=True) if sparse else w
         position = local
 
-    x_hat = F.normalize(x, dim=1, eps=_EPS)
+    x_hat = normalize(x)  # the package's one rule: a zero row is divided by 1
     rest, cosine = _rest_and_target(x_hat, active, position, owned, s, chunk)
     t = s * _combined(cosine.clamp(-1, 1), m)
     t = torch.where(owned, t, torch.zeros_like(t))  # the target logit lives on one rank only
@@ -632,8 +630,8 @@ class PartialFC(nn.Module):
     @torch.no_grad()
     def logits(self, features: Tensor) -> Tensor:
         r"""Plain logits :math:`s\cos\theta_j` over this rank's classes, ``(B, num_local)``."""
-        x = F.normalize(check_tensor(features, "features", ndim=2), dim=1, eps=_EPS)
-        return (x * self.scale) @ F.normalize(self.weight, dim=1, eps=_EPS).T
+        x = normalize(check_tensor(features, "features", ndim=2))
+        return (x * self.scale) @ normalize(self.weight).T
 
     def extra_repr(self) -> str:
         """The settings shown by ``repr``."""
