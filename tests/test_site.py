@@ -120,7 +120,8 @@ def page(browser: Any) -> Iterator[Tab]:
     """A fresh page (a new profile: a first visit) that collects console errors.
 
     A first visit is what used to log "Got invalid theme mode" from the book theme; the site
-    sets the theme's default_mode in _config.yml, so no error is expected or filtered here.
+    sets the theme's default_mode ("auto") in _config.yml, so no error is expected or filtered
+    here (test_a_first_visit_on_a_dark_system_gets_the_dark_theme checks a dark system too).
     """
     context = browser.new_context()
     yield Tab(context.new_page())
