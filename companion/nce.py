@@ -893,9 +893,11 @@ def full_softmax_loss(
     raise a ``ValueError`` naming the argument.
 
     Args:
-        input: shape ``(B, dim)``; weight: ``(C, dim)``; target: ``(B,)`` int64 or int32 in
-        ``[0, C)``; reduction: ``"none" | "mean" | "sum"``; bias: ``(C,)`` or ``None``
-        (keyword-only).
+        input: shape ``(B, dim)``.
+        weight: ``(C, dim)``.
+        target: ``(B,)`` int64 or int32 in ``[0, C)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        bias: ``(C,)`` or ``None`` (keyword-only).
 
     Shape:
         - input: :math:`(B, D)`; weight: :math:`(C, D)`; target: :math:`(B,)`.

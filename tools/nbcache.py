@@ -6,8 +6,9 @@
 
 The book builds with ``execute_notebooks: cache``: myst-nb looks each chapter up in CACHE by a
 hash of its code cells and runs it only when nothing matches. That hash cannot see the
-companion package, so ``check`` keys the whole cache on companion's source and the pinned
-requirements, and empties it when they change. ``store`` takes the notebooks that nbval ran
+companion package, so ``check`` keys the whole cache on companion's source, the pinned
+requirements and the benchmarks' results files (which the performance page reads), and empties
+it when they change. ``store`` takes the notebooks that nbval ran
 (written by tools/nbval_record.py), reads each chapter's Markdown source the way myst-nb does,
 copies the recorded outputs into its code cells (after checking that the code is the same) and
 caches the result, with nbval's execution time for the execution-status page. ``convert``
@@ -52,6 +53,8 @@ def companion_key() -> str:
     digest = hashlib.sha256()
     files = sorted((ROOT / "companion").rglob("*.py"))
     files += [ROOT / "requirements.txt", ROOT / "pyproject.toml"]
+    # the performance page reads the benchmarks' results files
+    files += sorted((ROOT / "benchmarks" / "results").glob("*.md"))
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
