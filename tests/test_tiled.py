@@ -525,3 +525,31 @@ def test_automatic_tiles_depend_on_the_columns_only() -> None:
 def test_doctests() -> None:
     result = doctest.testmod(T, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 3
+
+
+# ------------------------------------------------------------------------------------------
+# the compiled element-wise kernels of large tiles
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["plain", "everything"])
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "rows and columns"])
+def test_compiled_kernels_equal_the_eager_ones(
+    monkeypatch: pytest.MonkeyPatch, option: str, columns: bool
+) -> None:
+    """Large tiles run their element-wise work in compiled kernels: the same values."""
+    p = Problem(OPTIONS[option], columns)
+    for chunking in ("rows", "columns"):
+        monkeypatch.setattr(T, "FUSE_MIN_ELEMENTS", 1 << 40)
+        want = p.engine(*CHUNKINGS[chunking])
+        wants = torch.autograd.grad(p.project(want), p.leaves())
+        monkeypatch.setattr(T, "FUSE_MIN_ELEMENTS", 0)
+        got = p.engine(*CHUNKINGS[chunking])
+        grads = torch.autograd.grad(p.project(got), p.leaves())
+        assert not T._FAILED, f"a kernel failed to compile: {T._FAILED}"
+        for g, w in zip(got, want, strict=True):
+            if g is not None and w is not None:
+                _close(g, w, f"{chunking}: statistics")
+        for g, w in zip(grads, wants, strict=True):
+            _close(g, w, f"{chunking}: gradient")
