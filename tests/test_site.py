@@ -174,7 +174,8 @@ def test_page_loads_renders_and_links_to_the_next(site: str, page: Tab, doc: str
             ".length",
         )
         assert uncaptioned == 0, f"{doc}: {uncaptioned} figure(s) without a caption"
-        if doc != "book/errata":  # every chapter has an experiment with figures
+        if doc not in ("book/errata", "book/performance"):  # every chapter has figures
+            # (the errata checks claims; the performance page reads the benchmarks' tables)
             assert len(sizes) >= 1, f"{doc} shows no figure"
     if doc != pages[-1]:
         # the next link resolves to the following page (which its own test opens)
