@@ -778,6 +778,7 @@ def _stats_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor
      row_chunk, column_chunk, _keep) = inputs  # fmt: skip
     rest, tgt, _rsum, colrest, tile = output
     ctx.mark_non_differentiable(tile)
+    ctx.set_materialize_grads(False)  # else a zero "gradient" of the kept tile, tile-sized
     ctx.save_for_backward(x, w, target, owned, bias, scale, vw, rest, tgt, colrest, tile)
     ctx.options = (scale_value, softcap, normalize, columns, rowsum, row_chunk, column_chunk)
 
@@ -1067,9 +1068,19 @@ def _fused_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor
     x, w, _t, bias, scale = inputs[:5]
     _total, lse, dx, dw, db, ds = output
     ctx.mark_non_differentiable(lse, dx, dw, db, ds)
+    ctx.set_materialize_grads(False)  # else a zero "gradient" of dw: a weight-sized buffer
     ctx.save_for_backward(dx, dw, db, ds)
     ctx.dtypes = (x.dtype, w.dtype, bias.dtype if bias is not None else None,
                   scale.dtype if scale is not None else None)  # fmt: skip
+
+
+def _graph_is_kept() -> bool:
+    """Whether the running backward pass keeps the graph (``retain_graph=True``); True when
+    it cannot be told (then the saved gradients are never modified)."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except Exception:
+        return True
 
 
 def _fused_autograd(ctx: Any, g_total: Tensor | None, _g_lse: Tensor | None, *_: Any) -> Any:
@@ -1079,13 +1090,16 @@ def _fused_autograd(ctx: Any, g_total: Tensor | None, _g_lse: Tensor | None, *_:
     need = ctx.needs_input_grad
     g = g_total if g_total is not None else dx.new_zeros(())
     g = g.to(dx.dtype)
+    # In place unless the graph is kept for another backward pass: the weight's gradient is as
+    # large as the weight, and a scaled copy would double the memory the tiles saved.
+    scale = torch.mul if _graph_is_kept() else Tensor.mul_
     out: list[Tensor | None] = [None] * 17
     if need[0]:
-        out[0] = (dx * g).to(x_dtype)
+        out[0] = scale(dx, g).to(x_dtype)
     if need[1]:
-        out[1] = (dw * g).to(w_dtype)
+        out[1] = scale(dw, g).to(w_dtype)
     if need[3] and b_dtype is not None:
-        out[3] = (db * g).to(b_dtype)
+        out[3] = scale(db, g).to(b_dtype)
     if need[4] and s_dtype is not None:
         out[4] = (ds * g).reshape(()).to(s_dtype)
     return tuple(out)
@@ -1225,8 +1239,8 @@ def fused_row_loss(
     :math:`z = \operatorname{cap}(s\,xW^\top + b)` (nothing excluded), :math:`t_i = z_{i y_i}`,
     :math:`\rho_i = \sum_j v_j z_{ij}`. Three products in all (see the module's docstring for
     why this is exact only for a scalar loss whose coefficients are known now). The gradients
-    are held from the forward to the backward pass (as much memory as the gradients themselves);
-    a second backward through the same graph raises.
+    are held from the forward to the backward pass (as much memory as the gradients themselves)
+    and scaled there, in place unless the graph is kept (``retain_graph=True``).
 
     Args:
         x: ``(N, D)``; w: ``(V, D)``; target: ``(N,)`` int64 in ``[0, V)``.

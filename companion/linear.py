@@ -130,9 +130,12 @@ class _Args:
                     "num_classes must be given with group: the size of the whole vocabulary, of "
                     "which linear_weight holds this rank's slice"
                 )
-            num_classes = w.shape[0]
-        self.num_classes = check_int(num_classes, "num_classes", minimum=1)
-        self.start, stop = vocab_shard_range(self.num_classes, self.world, self.rank)
+            # (may be a symbolic size under torch.compile: no int check, no divmod)
+            self.num_classes: int = w.shape[0]
+            self.start, stop = 0, w.shape[0]
+        else:
+            self.num_classes = check_int(num_classes, "num_classes", minimum=1)
+            self.start, stop = vocab_shard_range(self.num_classes, self.world, self.rank)
         if w.shape[0] != stop - self.start:
             raise ValueError(
                 f"linear_weight must hold this rank's {stop - self.start} rows [{self.start}, "

@@ -401,3 +401,17 @@ def test_compiles_once_for_many_batch_sizes(reduction: str) -> None:
         ):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert counter.frame_count == after_two, f"recompiled: {counter.frame_count} > {after_two}"
+
+
+def test_compiles_when_the_vocabulary_size_changes() -> None:
+    """A symbolic vocabulary size (a second size makes it dynamic) traces too."""
+    torch._dynamo.reset()
+    compiled = torch.compile(linear_cross_entropy, fullgraph=True, backend="aot_eager")
+    g = _gen(13)
+    x = torch.randn(7, D, generator=g, dtype=F64)
+    for vocab in (11, 17, 23):
+        w = torch.randn(vocab, D, generator=g, dtype=F64)
+        y = torch.randint(vocab, (7,), generator=g)
+        with companion.value_checks(False):
+            got = compiled(x, w, y, chunk_size=3)
+        torch.testing.assert_close(got, F.cross_entropy(x @ w.T, y), rtol=1e-12, atol=1e-12)

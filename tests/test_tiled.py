@@ -316,6 +316,19 @@ def test_fused_row_loss_equals_the_full_matrix(chunk: str, option: str) -> None:
         _close(g, w, "gradient")
 
 
+def test_fused_backward_twice_through_a_kept_graph() -> None:
+    """retain_graph=True keeps the saved gradients intact (a scaled copy); without it they are
+    scaled in place and handed over (no second weight-sized buffer)."""
+    p = FusedProblem(FUSED_OPTIONS["everything"])
+    total, _ = p.engine(3)
+    want = torch.autograd.grad(p.reference()[0], p.leaves())
+    first = torch.autograd.grad(total, p.leaves(), retain_graph=True)
+    second = torch.autograd.grad(total * 3.0, p.leaves())
+    for a, b, w in zip(first, second, want, strict=True):
+        _close(a, w, "first backward")
+        _close(b, 3.0 * w, "second backward")
+
+
 def test_fused_gradcheck() -> None:
     p = FusedProblem(FUSED_OPTIONS["everything"])
     assert p.bias is not None and isinstance(p.scale, Tensor)
