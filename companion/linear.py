@@ -502,10 +502,10 @@ class LinearCrossEntropyLoss(nn.Module):
     model (it is usually tied to the input embedding). ``weight`` (the class weights) is
     registered as a buffer.
 
-    Args:
-        weight, reduction, ignore_index, label_smoothing, z_loss, softcap, chunk_size,
-        vocab_chunk_size, group, num_classes, options, return_lse: as in
-        :func:`linear_cross_entropy`.
+    Every constructor argument (``weight``, ``reduction``, ``ignore_index``,
+    ``label_smoothing``, ``z_loss``, ``softcap``, ``chunk_size``, ``vocab_chunk_size``,
+    ``group``, ``num_classes``, ``options``, ``return_lse``) means what it means in
+    :func:`linear_cross_entropy`.
 
     Examples:
         >>> import torch
