@@ -795,7 +795,7 @@ def _stats_autograd(
     g_colrest: Tensor | None,
     _g_tile: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
-    refuse_double_backward("the tiled engine (a loss called with chunk_size)")
+    refuse_double_backward("the tiled engine")
     x, w, target, owned, bias, scale, vw, rest, tgt, colrest, tile = ctx.saved_tensors
     scale_value, softcap, normalize, columns, rowsum, row_chunk, column_chunk = ctx.options
     need = ctx.needs_input_grad
@@ -1084,7 +1084,7 @@ def _graph_is_kept() -> bool:
 
 
 def _fused_autograd(ctx: Any, g_total: Tensor | None, _g_lse: Tensor | None, *_: Any) -> Any:
-    refuse_double_backward("the tiled engine (a loss called with chunk_size)")
+    refuse_double_backward("the tiled engine")
     dx, dw, db, ds = ctx.saved_tensors
     x_dtype, w_dtype, b_dtype, s_dtype = ctx.dtypes
     need = ctx.needs_input_grad
