@@ -40,9 +40,10 @@ def refuse_double_backward(where: str) -> None:
     """
     if torch.is_grad_enabled():
         raise RuntimeError(
-            f"{where} with chunk_size does not support double backward (create_graph=True, "
-            "as a gradient penalty needs): its backward pass is not itself differentiable. "
-            "Use chunk_size=None, whose full-matrix graph supports higher derivatives."
+            f"{where} does not support double backward (create_graph=True, as a gradient "
+            "penalty needs): its backward pass is not itself differentiable. For higher "
+            "derivatives build the logits: chunk_size=None in clip_loss, siglip_loss and "
+            "partial_fc_loss, or F.cross_entropy(F.linear(...)) for linear_cross_entropy."
         )
 
 

@@ -127,6 +127,8 @@ __all__ = [
     "row_statistics",
 ]
 
+#: What the double-backward error calls a loss that runs on this engine.
+_TILED_LOSS = "a tiled loss (chunk_size, or linear_cross_entropy)"
 #: The automatic tile: whole rows, as many as fit in this many bytes of float32.
 TILE_BYTES = 64 * 2**20
 
@@ -795,7 +797,7 @@ def _stats_autograd(
     g_colrest: Tensor | None,
     _g_tile: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
-    refuse_double_backward("the tiled engine")
+    refuse_double_backward(_TILED_LOSS)
     x, w, target, owned, bias, scale, vw, rest, tgt, colrest, tile = ctx.saved_tensors
     scale_value, softcap, normalize, columns, rowsum, row_chunk, column_chunk = ctx.options
     need = ctx.needs_input_grad
@@ -1084,7 +1086,7 @@ def _graph_is_kept() -> bool:
 
 
 def _fused_autograd(ctx: Any, g_total: Tensor | None, _g_lse: Tensor | None, *_: Any) -> Any:
-    refuse_double_backward("the tiled engine")
+    refuse_double_backward(_TILED_LOSS)
     dx, dw, db, ds = ctx.saved_tensors
     x_dtype, w_dtype, b_dtype, s_dtype = ctx.dtypes
     need = ctx.needs_input_grad

@@ -276,7 +276,7 @@ def _sigmoid_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tens
 def _sigmoid_autograd(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
     """Per row: the tiles again, with the incoming row gradients as weights (five products in
     all); a sum: the gradients formed in the forward sweep, times the incoming scalar (three)."""
-    refuse_double_backward("siglip_loss")
+    refuse_double_backward("siglip_loss with chunk_size")
     need_q, need_k, need_s, need_b = ctx.needs_input_grad[:4]
     keys_dtype, scale_dtype, bias_dtype = ctx.dtypes
     if ctx.per_row:
@@ -364,7 +364,7 @@ class _SigmoidRing(torch.autograd.Function):
     def backward(
         ctx: Any, grad_total: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None, None, None]:
-        refuse_double_backward("siglip_loss")
+        refuse_double_backward("siglip_loss with chunk_size")
         images, texts, scale, bias = ctx.saved_tensors
         chunk, sizes, rank, (right, left), group = (
             ctx.chunk,
