@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _pairs import available_bytes, max_rss_bytes
+from _pairs import available_bytes, peak_bytes, reset_peak
 
 RESULTS = Path(__file__).resolve().parent / "results" / "linear_ce.md"
 MIB = 1024**2
@@ -125,27 +125,6 @@ def timing_worker(tokens: int, dim: int, vocab: int, rounds: int, sweep: tuple[i
         for name, t in times.items()
     }
     print(json.dumps(result), flush=True)
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's record of this process's peak resident set size (Linux: write 5 to
-    /proc/self/clear_refs), so that a compilation's earlier peak does not hide later growth."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_bytes() -> int:
-    """The peak resident set size since the last reset (VmHWM), or over the process's life."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return max_rss_bytes()
 
 
 def memory_worker(method: str, tokens: int, dim: int, vocab: int) -> None:
