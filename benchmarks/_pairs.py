@@ -107,6 +107,18 @@ def max_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def write_table(table: str, output: Path | None, quick: bool, results: Path) -> None:
+    """Print a benchmark's table and write it to ``output``, or to ``results`` after a full run
+    (a ``--quick`` run writes nothing unless given ``--output``)."""
+    print()
+    print(table)
+    path = output if output is not None else (None if quick else results)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+        print(f"written to {path}")
+
+
 def reset_peak() -> bool:
     """Reset the kernel's record of this process's peak resident set size (Linux: write 5 to
     /proc/self/clear_refs), so that a warm-up's (a compilation's) peak hides no later growth."""
@@ -224,13 +236,7 @@ def main(spec: PairLoss, description: str) -> None:
     print(f"interleaved at B={ratio_batch}: chunked / floor = {ratio['ratio']:.2f}", flush=True)
 
     table = render(spec, rows, plan, ratio, ratio_batch, load, quick=args.quick)
-    print()
-    print(table)
-    output = args.output if args.output is not None else (None if args.quick else spec.results)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(table)
-        print(f"written to {output}")
+    write_table(table, args.output, args.quick, spec.results)
 
 
 def render(

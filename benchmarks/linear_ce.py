@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _pairs import available_bytes, peak_bytes, reset_peak
+from _pairs import available_bytes, peak_bytes, reset_peak, write_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "linear_ce.md"
 MIB = 1024**2
@@ -200,13 +200,7 @@ def main() -> None:
                 flush=True,
             )
     table = render(n, d, timed, memory_only, ratios, memory, load, args.quick)
-    print()
-    print(table)
-    output = args.output if args.output is not None else (None if args.quick else RESULTS)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(table)
-        print(f"written to {output}")
+    write_table(table, args.output, args.quick, RESULTS)
 
 
 def render(

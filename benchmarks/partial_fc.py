@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 import torch
-from _pairs import available_bytes, max_rss_bytes, peak_bytes, reset_peak
+from _pairs import available_bytes, max_rss_bytes, peak_bytes, reset_peak, write_table
 
 DIM, BATCH, CHUNK = 512, 512, 8192
 MARGIN, SCALE = 0.5, 64.0
@@ -281,13 +281,7 @@ def main() -> None:
             )
 
     table = render(rows, skipped, plan, load, args.quick)
-    print()
-    print(table)
-    output = args.output if args.output is not None else (None if args.quick else RESULTS)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(table)
-        print(f"written to {output}")
+    write_table(table, args.output, args.quick, RESULTS)
 
 
 def render(
